@@ -1,0 +1,114 @@
+"""Applies a QuantPlan to an unmodified flax.linen model through a method interceptor.
+
+For each nn.Conv / nn.Dense in the plan, the interceptor swaps a quantizing
+`conv_general_dilated` / `dot_general` into the module for the duration of its `__call__`: the
+swapped function fake-quantizes its two operands (the input activation and the kernel) and calls
+the `jax.lax` primitive. Quantizer variables are created on the intercepted module itself, so they
+sit beside the kernel in the variable tree: trainable ones in 'params' (`kernel_scale`,
+`input_scale`, ...), running statistics in 'quant_state'.
+
+The interceptor is trace-time Python state, invisible to `jax.jit`'s cache key: enter it *inside*
+the jitted function (`quantized_apply` does), never around a call to an already-jitted function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from quantjax.intercept.layers import QUANTIZABLE, module_path
+from quantjax.intercept.plan import QuantPlan
+from quantjax.quantizers.base import Quantizer
+
+QUANT_STATE = "quant_state"
+_PREFIX = {"weight": "kernel", "act": "input"}
+
+
+def _quantize_operand(module: nn.Module, quantizer: Quantizer, x: jax.Array, role: str,
+                      training: bool) -> jax.Array:
+  """Fake-quantizes `x` with the module's own quantizer variables, creating them if missing."""
+  prefix = _PREFIX[role]
+  init = functools.cache(lambda: quantizer.init(jax.lax.stop_gradient(x), role))
+  shapes = jax.eval_shape(lambda: quantizer.init(x, role))
+  params = {
+      name: module.param(f"{prefix}_{name}", lambda _rng, n=name: init()[0][n])
+      for name in shapes[0]
+  }
+  state_vars = {
+      name: module.variable(QUANT_STATE, f"{prefix}_{name}", lambda n=name: init()[1][n])
+      for name in shapes[1]
+  }
+  state = {name: v.value for name, v in state_vars.items()}
+  q, new_state = quantizer.apply(x, params, state, role, training)
+  if training and module.is_mutable_collection(QUANT_STATE):
+    for name, v in state_vars.items():
+      v.value = new_state[name]
+  return q
+
+
+def make_interceptor(plan: QuantPlan, *, training: bool) -> Callable:
+  """The `nn.intercept_methods` interceptor that applies `plan`."""
+  layer_quant = plan.as_dict()
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name != "__call__" or not isinstance(module, QUANTIZABLE):
+      return next_fun(*args, **kwargs)
+    lq = layer_quant.get(module_path(module))
+    if lq is None:
+      return next_fun(*args, **kwargs)
+
+    field = "conv_general_dilated" if isinstance(module, nn.Conv) else "dot_general"
+    primitive = getattr(module, field) or getattr(jax.lax, field)
+
+    def quantized_primitive(lhs, rhs, *a, **kw):  # lhs: input [B, ...], rhs: kernel
+      if lq.act is not None:
+        lhs = _quantize_operand(module, lq.act, lhs, "act", training)
+      if lq.weight is not None:
+        rhs = _quantize_operand(module, lq.weight, rhs, "weight", training)
+      return primitive(lhs, rhs, *a, **kw)
+
+    # Modules are frozen dataclasses; swap the field for this call only and always restore it.
+    original = getattr(module, field)
+    object.__setattr__(module, field, quantized_primitive)
+    try:
+      return next_fun(*args, **kwargs)
+    finally:
+      object.__setattr__(module, field, original)
+
+  return interceptor
+
+
+@contextlib.contextmanager
+def quantize(plan: QuantPlan | None, *, training: bool):
+  """Context manager applying `plan` to every model called inside it (no-op for an empty plan)."""
+  if not plan:
+    yield
+    return
+  with nn.intercept_methods(make_interceptor(plan, training=training)):
+    yield
+
+
+def quantized_apply(model: nn.Module, plan: QuantPlan | None, *, training: bool) -> Callable:
+  """`model.apply` with `plan` applied; call it inside the jitted function."""
+
+  def apply(variables: dict[str, Any], *args, **kwargs):
+    with quantize(plan, training=training):
+      return model.apply(variables, *args, **kwargs)
+
+  return apply
+
+
+def quantized_init(model: nn.Module, plan: QuantPlan | None) -> Callable:
+  """`model.init` with `plan` applied, so quantizer variables are created from real data."""
+
+  def init(rngs, *args, **kwargs):
+    with quantize(plan, training=False):
+      return model.init(rngs, *args, **kwargs)
+
+  return init

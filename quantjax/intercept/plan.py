@@ -1,0 +1,184 @@
+"""Per-layer quantization rules resolved into a plan: layer path -> (weight, input) quantizers.
+
+Rules match module paths with regular expressions (`re.fullmatch`), are applied in order (a later
+rule overrides an earlier one), and the first and last layers (in call order) can have their own
+settings, as is usual for low-bit networks. A rule that matches no layer is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from quantjax import quantizers
+from quantjax.intercept.layers import LayerInfo
+from quantjax.quantizers.base import Quantizer
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerQuant:
+  """The quantizers of one layer: its kernel and its input activation (None = float)."""
+
+  weight: Quantizer | None = None
+  act: Quantizer | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """Layers whose path fully matches `pattern` get these quantizer specs (dicts or None)."""
+
+  pattern: str
+  weight: Mapping[str, Any] | None = None
+  act: Mapping[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantPlan:
+  """Resolved, hashable plan: one LayerQuant per quantized layer path."""
+
+  layers: tuple[tuple[str, LayerQuant], ...] = ()
+
+  def get(self, path: str) -> LayerQuant | None:
+    return dict(self.layers).get(path)
+
+  def as_dict(self) -> dict[str, LayerQuant]:
+    return dict(self.layers)
+
+  def __bool__(self) -> bool:
+    return bool(self.layers)
+
+
+def _merge(base: Mapping[str, Any] | None, override: Any) -> dict[str, Any] | None:
+  """Applies an override spec to a base spec. None means float; a dict changes fields."""
+  if override is None:
+    return None
+  override = dict(override)
+  if base is None:
+    if "name" not in override:
+      return None if not override else {**override}
+    return override
+  if "name" in override and override["name"] != base.get("name"):
+    return override  # a different quantizer does not inherit the other one's fields
+  return {**base, **override}
+
+
+def _build(spec: Mapping[str, Any] | None, role: str, path: str) -> Quantizer | None:
+  try:
+    q = quantizers.from_dict(spec)
+    if q is not None:
+      q.validate_role(role)
+    return q
+  except ValueError as e:
+    raise ValueError(f"layer {path!r} {role} quantizer: {e}") from None
+
+
+def resolve(
+    layers: Sequence[LayerInfo],
+    *,
+    weight: Mapping[str, Any] | None,
+    act: Mapping[str, Any] | None,
+    pattern: str = ".*",
+    first_layer: Mapping[str, Any] | None = None,
+    last_layer: Mapping[str, Any] | None = None,
+    rules: Sequence[Rule] = (),
+) -> QuantPlan:
+  """Builds the plan for `layers` (in call order).
+
+  Args:
+    layers: the model's layers from `discover_layers`.
+    weight: default kernel quantizer spec, e.g. `{'name': 'uniform', 'bits': 4}`; None = float.
+    act: default input-activation quantizer spec; None = float.
+    pattern: regex of the layer paths to quantize at all.
+    first_layer: `{'weight': override, 'act': override}` for the first layer; an override is a dict
+      of fields changed from the default, or None to keep that tensor float. Missing keys keep the
+      default.
+    last_layer: the same for the last layer.
+    rules: further per-path overrides, applied in order.
+
+  Returns:
+    The resolved QuantPlan. Raises ValueError naming the bad regex or spec.
+  """
+  paths = [layer.path for layer in layers]
+  specs: dict[str, dict[str, Any]] = {}
+  for path in _matching(pattern, paths, "quant.layers"):
+    specs[path] = {"weight": weight, "act": act}
+  for name, override, path in (("first_layer", first_layer, paths[0]),
+                               ("last_layer", last_layer, paths[-1])):
+    if override and path in specs:
+      for role in ("weight", "act"):
+        if role in override:
+          specs[path][role] = _merge(specs[path][role], override[role])
+  for rule in rules:
+    for path in _matching(rule.pattern, paths, "rule"):
+      entry = specs.setdefault(path, {"weight": None, "act": None})
+      entry["weight"] = _merge(entry["weight"] or weight, rule.weight)
+      entry["act"] = _merge(entry["act"] or act, rule.act)
+  resolved = []
+  for path in paths:
+    if path in specs:
+      lq = LayerQuant(
+          weight=_build(specs[path]["weight"], "weight", path),
+          act=_build(specs[path]["act"], "act", path),
+      )
+      if lq.weight is not None or lq.act is not None:
+        resolved.append((path, lq))
+  return QuantPlan(tuple(resolved))
+
+
+def _matching(pattern: str, paths: Sequence[str], what: str) -> list[str]:
+  try:
+    regex = re.compile(pattern)
+  except re.error as e:
+    raise ValueError(f"{what} regex {pattern!r} is invalid: {e}") from None
+  matched = [p for p in paths if regex.fullmatch(p)]
+  if not matched:
+    raise ValueError(f"{what} regex {pattern!r} matches no layer; layers are: {', '.join(paths)}")
+  return matched
+
+
+def plan_from_config(quant_config: Mapping[str, Any] | None, layers: Sequence[LayerInfo]) -> QuantPlan:
+  """Resolves the `config.quant` block (see configs/default.py) for these layers."""
+  if not quant_config or not quant_config.get("enabled", True):
+    return QuantPlan()
+  q = _plain(quant_config)
+  rules = [Rule(pattern=r["pattern"], weight=r.get("weight"), act=r.get("act"))
+           for r in q.get("rules", ()) or ()]
+  return resolve(
+      layers,
+      weight=q.get("weight"),
+      act=q.get("act"),
+      pattern=q.get("layers", ".*"),
+      first_layer=q.get("first_layer"),
+      last_layer=q.get("last_layer"),
+      rules=rules,
+  )
+
+
+def _plain(value: Any) -> Any:
+  """ConfigDict / FrozenConfigDict -> plain dicts and lists."""
+  if hasattr(value, "to_dict"):
+    value = value.to_dict()
+  if isinstance(value, Mapping):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  return value
+
+
+def check_quant_config(quant_config: Mapping[str, Any] | None) -> None:
+  """Validates every quantizer spec in `config.quant` without needing the model (fails fast)."""
+  if not quant_config or not quant_config.get("enabled", True):
+    return
+  q = _plain(quant_config)
+  base = {"weight": q.get("weight"), "act": q.get("act")}
+  for role in ("weight", "act"):
+    _build(base[role], role, "(default)")
+  for where in ("first_layer", "last_layer"):
+    for role, override in (q.get(where) or {}).items():
+      _build(_merge(base.get(role), override), role, f"({where})")
+  for rule in q.get("rules", ()) or ():
+    for role in ("weight", "act"):
+      if rule.get(role) is not None:
+        _build(_merge(base[role], rule[role]), role, f"(rule {rule.get('pattern')!r})")

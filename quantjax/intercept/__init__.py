@@ -1,6 +1,7 @@
 """Interception: applying per-layer quantizers to unmodified flax.linen models."""
 
 from quantjax.intercept.interceptor import (
+    QUANT_LOSSES,
     QUANT_STATE,
     make_interceptor,
     quantize,
@@ -11,6 +12,7 @@ from quantjax.intercept.layers import LayerInfo, discover_layers, module_path, s
 from quantjax.intercept.plan import LayerQuant, QuantPlan, Rule, plan_from_config, resolve
 
 __all__ = [
+    "QUANT_LOSSES",
     "QUANT_STATE",
     "LayerInfo",
     "LayerQuant",

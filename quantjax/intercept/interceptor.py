@@ -26,6 +26,7 @@ from quantjax.intercept.plan import QuantPlan
 from quantjax.quantizers.base import Quantizer
 
 QUANT_STATE = "quant_state"
+QUANT_LOSSES = "quant_losses"
 _PREFIX = {"weight": "kernel", "act": "input"}
 
 
@@ -45,6 +46,10 @@ def _quantize_operand(module: nn.Module, quantizer: Quantizer, x: jax.Array, rol
   }
   state = {name: v.value for name, v in state_vars.items()}
   q, new_state = quantizer.apply(x, params, state, role, training)
+  if module.is_mutable_collection(QUANT_LOSSES):
+    aux = quantizer.aux_loss(x, q, params, state, role)
+    if aux is not None:
+      module.sow(QUANT_LOSSES, f"{prefix}_loss", aux)
   if training and module.is_mutable_collection(QUANT_STATE):
     for name, v in state_vars.items():
       v.value = new_state[name]

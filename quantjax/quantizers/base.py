@@ -64,6 +64,15 @@ class Quantizer:
     """Bits stored per value (equivalent bits for non-uniform level counts)."""
     raise NotImplementedError
 
+  def aux_loss(self, x: Array, q: Array, params: Vars, state: Vars, role: str) -> Array | None:
+    """Optional differentiable loss added to the task loss (e.g. ESB's distribution difference).
+
+    The interceptor records it per layer in the 'quant_losses' collection; the train step adds
+    `config.dda.weight` times their sum and reports each one. None = no auxiliary loss.
+    """
+    del x, q, params, state, role
+    return None
+
   def validate_role(self, role: str) -> None:
     """Raises if this config cannot quantize a tensor of `role` (e.g. per-channel activations)."""
     check_choice(type(self).__name__, "role", role, ROLES)

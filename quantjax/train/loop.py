@@ -111,7 +111,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("resumed from %s at step %d", workdir, start_step)
 
   train_step = jax.jit(
-      steps.make_train_step(exp.model, exp.plan, exp.num_classes, config.seed),
+      steps.make_train_step(exp.model, exp.plan, exp.num_classes, config.seed,
+                            aux_loss_weight=float(config.get("dda", {}).get("weight", 0.0))),
       in_shardings=(replicated, batch_sharding),
       out_shardings=(replicated, replicated),
       donate_argnames=("state",),

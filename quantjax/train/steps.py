@@ -10,7 +10,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from quantjax.intercept import QUANT_STATE, QuantPlan, quantized_apply
+from flax import traverse_util
+
+from quantjax.intercept import QUANT_LOSSES, QUANT_STATE, QuantPlan, quantized_apply
 from quantjax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -22,25 +24,34 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int) -> jax
   return optax.softmax_cross_entropy(logits, onehot).mean()
 
 
-def make_train_step(model: nn.Module, plan: QuantPlan | None, num_classes: int,
-                    seed: int) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-  """Returns `train_step(state, batch) -> (state, metrics)`, pure, to be jitted."""
+def make_train_step(model: nn.Module, plan: QuantPlan | None, num_classes: int, seed: int,
+                    aux_loss_weight: float = 0.0
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+  """Returns `train_step(state, batch) -> (state, metrics)`, pure, to be jitted.
+
+  Quantizers' auxiliary losses (ESB's distribution difference) are added with `aux_loss_weight`
+  and reported per layer as `aux/<layer>/<kernel|input>_loss`.
+  """
   apply = quantized_apply(model, plan, training=True)
   base_key = jax.random.key(seed)
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Any]]:
     dropout_key = jax.random.fold_in(base_key, state.step)
     mutable = [c for c in ("batch_stats", QUANT_STATE) if c in state.variables()]
+    mutable.append(QUANT_LOSSES)
 
     def loss_fn(params):
       logits, updates = apply(
           state.variables(params), batch["image"], train=True,
           rngs={"dropout": dropout_key}, mutable=mutable,
       )  # logits: [B, num_classes]
-      loss = cross_entropy(logits, batch["label"], num_classes)
-      return loss, (logits, updates)
+      task_loss = cross_entropy(logits, batch["label"], num_classes)
+      aux = {k: sum(v) for k, v in traverse_util.flatten_dict(
+          updates.get(QUANT_LOSSES, {}), sep="/").items()}
+      loss = task_loss + aux_loss_weight * sum(aux.values()) if aux else task_loss
+      return loss, (logits, updates, task_loss, aux)
 
-    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (logits, updates, task_loss, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads)
     state = state.replace(
         batch_stats=updates.get("batch_stats", state.batch_stats),
@@ -51,6 +62,9 @@ def make_train_step(model: nn.Module, plan: QuantPlan | None, num_classes: int,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
         "grad_norm": optax.global_norm(grads),
     }
+    if aux:
+      metrics["task_loss"] = task_loss
+      metrics.update({f"aux/{k}": v for k, v in aux.items()})
     return state, metrics
 
   return train_step

@@ -1,0 +1,30 @@
+"""Trains a model with quantjax (float or quantization-aware) and reports its accuracy.
+
+  python train.py --config=configs/default.py --workdir=runs/default
+  python train.py --config=configs/default.py --workdir=runs/w3 --config.quant.weight.bits=3
+
+Resumes from the latest checkpoint in --workdir. See configs/ for the available experiments.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import quantjax.train
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summary.")
+config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  summary = quantjax.train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+  print(f"test accuracy: {summary['accuracy']['test']:.4f}  "
+        f"(validation {summary['accuracy']['validation']:.4f}; "
+        f"model size {summary['model_size_kib']:.1f} KiB; summary: {_WORKDIR.value}/summary.json)")
+
+
+if __name__ == "__main__":
+  logging.set_verbosity(logging.INFO)
+  app.run(main)

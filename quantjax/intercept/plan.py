@@ -25,13 +25,20 @@ class LayerQuant:
   act: Quantizer | None = None
 
 
+KEEP = "keep"  # a Rule field left at KEEP does not change that tensor's quantizer
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
-  """Layers whose path fully matches `pattern` get these quantizer specs (dicts or None)."""
+  """Layers whose path fully matches `pattern` get these overrides.
+
+  Each override is a dict of fields changed from the default spec (a dict with a 'name' replaces
+  it), None to keep that tensor float, or KEEP to leave it as earlier rules set it.
+  """
 
   pattern: str
-  weight: Mapping[str, Any] | None = None
-  act: Mapping[str, Any] | None = None
+  weight: Mapping[str, Any] | None | str = KEEP
+  act: Mapping[str, Any] | None | str = KEEP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,16 +58,16 @@ class QuantPlan:
 
 
 def _merge(base: Mapping[str, Any] | None, override: Any) -> dict[str, Any] | None:
-  """Applies an override spec to a base spec. None means float; a dict changes fields."""
+  """Applies an override to a base spec.
+
+  None means float; a dict with a 'name' is a complete spec of its own; a dict without one changes
+  those fields of the base spec.
+  """
   if override is None:
     return None
   override = dict(override)
-  if base is None:
-    if "name" not in override:
-      return None if not override else {**override}
-    return override
-  if "name" in override and override["name"] != base.get("name"):
-    return override  # a different quantizer does not inherit the other one's fields
+  if "name" in override or base is None:
+    return override or None
   return {**base, **override}
 
 
@@ -110,11 +117,14 @@ def resolve(
       for role in ("weight", "act"):
         if role in override:
           specs[path][role] = _merge(specs[path][role], override[role])
+  defaults = {"weight": weight, "act": act}
   for rule in rules:
     for path in _matching(rule.pattern, paths, "rule"):
-      entry = specs.setdefault(path, {"weight": None, "act": None})
-      entry["weight"] = _merge(entry["weight"] or weight, rule.weight)
-      entry["act"] = _merge(entry["act"] or act, rule.act)
+      entry = specs.setdefault(path, dict(defaults))
+      for role in ("weight", "act"):
+        override = getattr(rule, role)
+        if not (isinstance(override, str) and override == KEEP):
+          entry[role] = _merge(entry[role] or defaults[role], override)
   resolved = []
   for path in paths:
     if path in specs:
@@ -143,7 +153,7 @@ def plan_from_config(quant_config: Mapping[str, Any] | None, layers: Sequence[La
   if not quant_config or not quant_config.get("enabled", True):
     return QuantPlan()
   q = _plain(quant_config)
-  rules = [Rule(pattern=r["pattern"], weight=r.get("weight"), act=r.get("act"))
+  rules = [Rule(pattern=r["pattern"], weight=r.get("weight", KEEP), act=r.get("act", KEEP))
            for r in q.get("rules", ()) or ()]
   return resolve(
       layers,
@@ -180,5 +190,5 @@ def check_quant_config(quant_config: Mapping[str, Any] | None) -> None:
       _build(_merge(base.get(role), override), role, f"({where})")
   for rule in q.get("rules", ()) or ():
     for role in ("weight", "act"):
-      if rule.get(role) is not None:
+      if rule.get(role, KEEP) not in (None, KEEP):
         _build(_merge(base[role], rule[role]), role, f"(rule {rule.get('pattern')!r})")

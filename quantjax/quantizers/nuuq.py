@@ -156,7 +156,12 @@ class NUUQ(Quantizer):
   # -- fitting the table ---------------------------------------------------------------------
 
   def grid_step(self, w: Array) -> Array:
-    """The step `s` of the b-bit grid for weights `w`: `2^-F` or `max|W|/(2^(b-1)-1)`."""
+    """The step `s` of the b-bit grid for weights `w`: `2^-F` or `max|W|/(2^(b-1)-1)`.
+
+    `F = b - 1 - ceil(log2 max|W|)` is METHODS.md §4's rule; its largest grid point
+    `(2^(b-1)-1)·2^-F` can fall just below max|W| (e.g. b=4, max|W|=0.5: 7/16), so a level past it
+    clips by less than one step. k-means levels are cluster means, well inside the range.
+    """
     max_abs = jnp.max(jnp.abs(w)).astype(jnp.float32)
     if self.grid == "pow2":
       return jnp.exp2(-fractional_bits_for(max_abs, self.container_bits))

@@ -13,6 +13,6 @@ def get_config():
   config.eval_batch_size = 256
   config.log_every_steps = 1
   config.checkpoint_every_steps = 1
-  config.eval_every_epochs = 0
+  config.eval_every_epochs = 0.0
   config.warmup_epochs = 0.0
   return config

@@ -80,8 +80,7 @@ def test_k_quantile_levels_match_scipy(fit, signed):
 
 
 @pytest.mark.parametrize(("bits", "int_bits", "fit"), [
-    (2, 3, "gaussian"), (2, 3, "kmeans"), (3, 8, "laplace"), (4, 6, "laplace"), (4, 8, "kmeans"),
-    (6, 8, "gaussian")])
+    (2, 3, "kmeans"), (3, 8, "laplace"), (4, 6, "laplace"), (6, 8, "gaussian")])
 def test_levels_are_integer_multiples_of_one_scale(bits, int_bits, fit):
   q = _liss(bits=bits, int_bits=int_bits, fit=fit)
   for role, x in (("weight", _SYMMETRIC), ("act", _RELU)):
@@ -147,9 +146,13 @@ def test_kmeans_centres_are_refitted_every_k_steps():
 def _noise_run(q, w):
   """Init; two noisy training calls; the training gradient; an evaluation call."""
   _, state = q.init(w, "weight")
-  noisy, trained = q.apply(w, {}, state, "weight", True)
+
+  def loss(v):
+    noisy, trained = q.apply(v, {}, state, "weight", True)
+    return jnp.sum(noisy * 3.0), (noisy, trained)
+
+  grad, (noisy, trained) = jax.grad(loss, has_aux=True)(w)
   again, _ = q.apply(w, {}, trained, "weight", True)
-  grad = jax.grad(lambda v: jnp.sum(q.apply(v, {}, state, "weight", True)[0] * 3.0))(w)
   out, _ = q.apply(w, {}, state, "weight", False)
   return state, q.levels({}, state, w), noisy, trained, again, grad, out
 
@@ -286,16 +289,19 @@ def test_through_the_interceptor():
   @jax.jit
   def run(variables):
     _OPERANDS.clear()
-    intercept.quantized_apply(model, plan, training=False)(variables, x)
-    operands = list(_OPERANDS)  # traced here, returned as outputs
-    levels = [level_sets(variables, layer) for layer in ("conv", "fc")]
-    loss = lambda p: jnp.sum(intercept.quantized_apply(model, plan, training=True)(  # noqa: E731
-        {**variables, "params": p}, x, mutable=["quant_state"])[0] ** 2)
-    _, trained = intercept.quantized_apply(model, plan, training=True)(
-        variables, 2.0 * x, mutable=["quant_state"])
     _, evaluated = intercept.quantized_apply(model, plan, training=False)(
-        variables, 2.0 * x, mutable=["quant_state"])
-    return operands, levels, jax.grad(loss)(variables["params"]), trained, evaluated
+        variables, x, mutable=["quant_state"])
+    operands = list(_OPERANDS)  # traced here, returned as outputs
+    _OPERANDS.clear()
+    levels = [level_sets(variables, layer) for layer in ("conv", "fc")]
+
+    def loss(params):  # as in the train step, on a different batch
+      out, updates = intercept.quantized_apply(model, plan, training=True)(
+          {**variables, "params": params}, 2.0 * x, mutable=["quant_state"])
+      return jnp.sum(out**2), updates
+
+    grads, trained = jax.grad(loss, has_aux=True)(variables["params"])
+    return operands, levels, grads, trained, evaluated
 
   operands, levels, grads, trained, evaluated = run(variables)
   for (lhs, kernel), (w_levels, a_levels) in zip(operands, levels, strict=True):

@@ -41,7 +41,7 @@ def test_hand_worked_three_levels():
 
 
 @pytest.mark.parametrize(("grid", "bits", "levels"), [("pow2", 4, 3), ("pow2", 6, 5),
-                                                      ("max", 3, 6), ("max", 8, 4)])
+                                                      ("max", 3, 6)])
 def test_levels_lie_on_the_b_bit_grid(grid, bits, levels):
   w = jnp.asarray(0.07 * np.random.default_rng(3).normal(size=(3, 3, 8, 16)), jnp.float32)
   q = _nuuq(num_levels=levels, container_bits=bits, grid=grid)
@@ -242,15 +242,18 @@ def test_through_the_interceptor():
   @jax.jit
   def run(variables):
     _OPERANDS.clear()
-    intercept.quantized_apply(model, plan, training=False)(variables, x)
-    kernels = [rhs for _, _, rhs in _OPERANDS]  # traced here, returned as outputs
-    loss = lambda p: jnp.sum(intercept.quantized_apply(model, plan, training=False)(  # noqa: E731
-        {**variables, "params": p}, x) ** 2)
-    _, trained = intercept.quantized_apply(model, plan, training=True)(
-        variables, x, mutable=["quant_state"])
     _, evaluated = intercept.quantized_apply(model, plan, training=False)(
         variables, x, mutable=["quant_state"])
-    return kernels, jax.grad(loss)(variables["params"]), trained, evaluated
+    kernels = [rhs for _, _, rhs in _OPERANDS]  # traced here, returned as outputs
+    _OPERANDS.clear()
+
+    def loss(params):  # as in the train step: a training apply under grad
+      out, updates = intercept.quantized_apply(model, plan, training=True)(
+          {**variables, "params": params}, x, mutable=["quant_state"])
+      return jnp.sum(out**2), updates
+
+    grads, trained = jax.grad(loss, has_aux=True)(variables["params"])
+    return kernels, grads, trained, evaluated
 
   kernels, grads, trained, evaluated = run(variables)
   assert len(kernels) == 2

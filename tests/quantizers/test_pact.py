@@ -155,12 +155,16 @@ def test_through_the_interceptor():
 
   @jax.jit
   def run(variables):
-    _OPERANDS.clear()
-    intercept.quantized_apply(model, plan, training=False)(variables, x)
-    inputs = [lhs for lhs, _ in _OPERANDS]  # traced here, returned as outputs
-    loss = lambda p: jnp.sum(intercept.quantized_apply(model, plan, training=True)(  # noqa: E731
-        {**variables, "params": p}, x) ** 2)
-    return inputs, jax.grad(loss)(variables["params"])
+    def loss(params):
+      _OPERANDS.clear()
+      out = intercept.quantized_apply(model, plan, training=True)(
+          {**variables, "params": params}, x)
+      inputs = [lhs for lhs, _ in _OPERANDS]  # traced here, returned as outputs
+      _OPERANDS.clear()
+      return jnp.sum(out**2), inputs
+
+    grads, inputs = jax.grad(loss, has_aux=True)(variables["params"])
+    return inputs, grads
 
   inputs, grads = run(variables)
   for lhs, layer in zip(inputs, ("conv", "fc"), strict=True):

@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model_kwargs = ml_collections.ConfigDict()  # extra fields of the model, e.g. width
   # Optimisation.
   config.seed = 0  # init, shuffling, augmentation and dropout all derive from it
-  config.num_epochs = 30.0  # epochs over the train split (fractions allowed)
+  config.num_epochs = 80.0  # epochs over the train split (fractions allowed)
   config.batch_size = 128  # global batch, split over all devices
   config.eval_batch_size = 500  # padded and masked: every example counted once
   config.optimizer = "adam"  # 'sgd' (Nesterov momentum) | 'adam' | 'adamw'
@@ -37,9 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Bookkeeping.
   config.num_devices = 0  # 0 = all local devices (data parallel)
   config.log_every_steps = 50
-  config.checkpoint_every_steps = 250
+  config.checkpoint_every_steps = 500
   config.keep_checkpoints = 3
-  config.eval_every_epochs = 5.0  # validation accuracy during training; 0 = only at the end
+  config.eval_every_epochs = 10.0  # validation accuracy during training; 0 = only at the end
   config.tensorboard = True  # event files in <workdir>/tensorboard
   config.quant = quant_config(weight_bits=4, act_bits=4)
   return config

@@ -15,12 +15,17 @@ from quantjax.models.registry import register
 
 @register("sequential")
 class Sequential(nn.Module):
+  """Goyal et al.'s "Sequential" network.
+
+  Layers, in call order: conv1_1, bn1_1, conv1_2, bn1_2, conv2_1, ..., conv7_2, bn7_2, head.
+  """
+
   num_classes: int = 10
   num_stages: int = 7  # stages of two convs each
-  narrow_stages: int = 3  # the first stages use `narrow` filters, the rest `wide`
-  narrow: int = 32
-  wide: int = 64
-  dropout: float = 0.25  # after each pooling
+  narrow_stages: int = 3  # stages 1..narrow_stages use `narrow` filters, the rest `wide`
+  narrow: int = 32  # filters of the early stages
+  wide: int = 64  # filters of the late stages
+  dropout: float = 0.25  # dropout rate after each max-pool
 
   @nn.compact
   def __call__(self, x, train: bool):  # x: [B, H, W, C]
@@ -30,9 +35,11 @@ class Sequential(nn.Module):
         x = nn.Conv(features, (3, 3), padding="SAME", name=f"conv{stage}_{j}")(x)
         x = nn.relu(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                         name=f"bn{stage}_{j}")(x)
+                         name=f"bn{stage}_{j}")(x)  # [B, H', W', features]
+      # Pool after stages 2, 4, 6 (the global max-pool follows the last stage); a map already
+      # down to 1 pixel is left alone, so tiny inputs still run.
       if stage % 2 == 0 and stage < self.num_stages and min(x.shape[1:3]) >= 2:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))  # [B, H'/2, W'/2, features]
+        x = nn.Dropout(self.dropout, deterministic=not train, name=f"dropout{stage}")(x)
     x = jnp.max(x, axis=(1, 2))  # global max-pool: [B, C]
     return nn.Dense(self.num_classes, name="head")(x)  # [B, num_classes]

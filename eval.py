@@ -10,11 +10,13 @@ import quantjax.train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir written by train.py.")
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to evaluate.")
-_MODE = flags.DEFINE_enum("mode", "fakequant", ["float", "fakequant"],
-                          "fakequant: with the run's quantizers; float: the same weights unquantized.")
+_MODE = flags.DEFINE_enum(
+    "mode", "fakequant", ["float", "fakequant"],
+    "fakequant: with the run's quantizers; float: the same weights unquantized.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Evaluation batch size; default: the run's.")
-_OUTPUT = flags.DEFINE_string("output", None, "JSON output; default <workdir>/eval_<split>_<mode>_<step>.json.")
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "JSON output; default <workdir>/eval_<split>_<mode>_<step>.json.")
 flags.mark_flags_as_required(["workdir"])
 
 

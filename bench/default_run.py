@@ -85,8 +85,8 @@ def main(argv):
   qtest = [100 * rows[("W4A4", s)]["test"] for s in _SEEDS.value]
   secs = [rows[("W4A4", s)]["seconds"] for s in _SEEDS.value]
   lines += [
-      f"| mean ± sd | {mean(ftest):.2f} ± {sd(ftest):.2f} % | {mean(qtest):.2f} ± {sd(qtest):.2f} % "
-      f"| {mean(gaps):+.2f} | | {mean(secs):.0f} |",
+      f"| mean ± sd | {mean(ftest):.2f} ± {sd(ftest):.2f} % | "
+      f"{mean(qtest):.2f} ± {sd(qtest):.2f} % | {mean(gaps):+.2f} | | {mean(secs):.0f} |",
       "",
       f"Model size: float {rows[('float', _SEEDS.value[0])]['size_kib']:.1f} KiB, W4A4 "
       f"{rows[('W4A4', _SEEDS.value[0])]['size_kib']:.1f} KiB (Conv/Dense weights and biases).",

@@ -111,8 +111,7 @@ def resolve(
   specs: dict[str, dict[str, Any]] = {}
   for path in _matching(pattern, paths, "quant.layers"):
     specs[path] = {"weight": weight, "act": act}
-  for name, override, path in (("first_layer", first_layer, paths[0]),
-                               ("last_layer", last_layer, paths[-1])):
+  for override, path in ((first_layer, paths[0]), (last_layer, paths[-1])):
     if override and path in specs:
       for role in ("weight", "act"):
         if role in override:
@@ -148,7 +147,8 @@ def _matching(pattern: str, paths: Sequence[str], what: str) -> list[str]:
   return matched
 
 
-def plan_from_config(quant_config: Mapping[str, Any] | None, layers: Sequence[LayerInfo]) -> QuantPlan:
+def plan_from_config(quant_config: Mapping[str, Any] | None,
+                     layers: Sequence[LayerInfo]) -> QuantPlan:
   """Resolves the `config.quant` block (see configs/default.py) for these layers."""
   if not quant_config or not quant_config.get("enabled", True):
     return QuantPlan()

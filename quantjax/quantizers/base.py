@@ -33,7 +33,8 @@ MIN_BITS, MAX_BITS = 2, 16
 def check_choice(owner: str, field: str, value: Any, valid: tuple) -> None:
   """Raises a one-line ValueError if `value` is not one of `valid`."""
   if value not in valid:
-    raise ValueError(f"{owner}.{field}={value!r} is not valid; choose one of {', '.join(map(str, valid))}")
+    choices = ", ".join(map(str, valid))
+    raise ValueError(f"{owner}.{field}={value!r} is not valid; choose one of {choices}")
 
 
 def check_bits(owner: str, field: str, bits: Any, lo: int = MIN_BITS, hi: int = MAX_BITS) -> None:

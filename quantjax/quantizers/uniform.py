@@ -74,7 +74,8 @@ def _fake_quant_bwd(grid, residuals, g):
     # LSQ: dQ/ds = (round(v) - v) inside the range and the clip code outside it.
     dq_ds = jnp.where(inside, codes - v, codes - zero_point)
     num_per_scale = g.size // max(jnp.size(scale), 1)
-    ds = reduce_to(g * dq_ds, jnp.shape(scale)) * estimators.lsq_grad_scale(num_per_scale, grid.qmax)
+    grad_scale = estimators.lsq_grad_scale(num_per_scale, grid.qmax)
+    ds = reduce_to(g * dq_ds, jnp.shape(scale)) * grad_scale
   else:
     ds = jnp.zeros_like(scale)
   return dx, ds, jnp.zeros_like(zero_point)
@@ -107,7 +108,7 @@ class Uniform(Quantizer):
   symmetric: bool = True  # symmetric about zero; False = affine with an integer zero point
   signed: bool = True  # False for non-negative (post-ReLU) inputs: codes [0, 2^b-1]
   granularity: str = "tensor"  # 'tensor' or 'channel' (weights only: the output-channel axis)
-  scale_method: str = "max"  # 'max' | 'percentile' | 'mse' | 'lsq' (learned) | 'pow2' (fixed point)
+  scale_method: str = "max"  # 'max' | 'percentile' | 'mse' | 'lsq' (learned) | 'pow2' (Qm.n)
   percentile: float = 99.9  # for scale_method='percentile': the clip at this percentile of |x|
   mse_grid: int = 32  # for scale_method='mse': clip ratios searched in (0.2, 1] of max
   fractional_bits: int | None = None  # for 'pow2': fixed F; None derives F from the max
@@ -123,7 +124,8 @@ class Uniform(Quantizer):
     if not 0.0 < self.percentile <= 100.0:
       raise ValueError(f"{name}.percentile={self.percentile!r} is out of range; valid: (0, 100]")
     if self.scale_method == "pow2" and not self.symmetric:
-      raise ValueError(f"{name}.scale_method='pow2' needs symmetric=True (fixed point has no zero point)")
+      raise ValueError(
+          f"{name}.scale_method='pow2' needs symmetric=True (fixed point has no zero point)")
     if not 0.0 <= self.momentum < 1.0:
       raise ValueError(f"{name}.momentum={self.momentum!r} is out of range; valid: [0, 1)")
 

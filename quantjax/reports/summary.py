@@ -32,7 +32,8 @@ def layer_table(layers: Sequence[LayerInfo], plan: QuantPlan | None) -> list[dic
   return rows
 
 
-def model_size_bits(rows: Sequence[dict[str, Any]], bias_bits: int = FLOAT_BITS) -> dict[str, float]:
+def model_size_bits(rows: Sequence[dict[str, Any]],
+                    bias_bits: int = FLOAT_BITS) -> dict[str, float]:
   """Total weight storage of the Conv/Dense layers, and its ratio to float32."""
   weights = sum(r["weight_size_bits"] for r in rows)
   biases = sum(r["num_bias"] for r in rows) * bias_bits

@@ -39,7 +39,8 @@ def state_tree(state) -> dict[str, Any]:
 
 
 def save(mngr: ocp.CheckpointManager, state) -> None:
-  mngr.save(int(jax.device_get(state.step)), args=ocp.args.StandardSave(state_tree(state)), force=True)
+  step = int(jax.device_get(state.step))
+  mngr.save(step, args=ocp.args.StandardSave(state_tree(state)), force=True)
 
 
 def restore_into(mngr: ocp.CheckpointManager, state, step: int | None = None):
@@ -51,7 +52,8 @@ def restore_into(mngr: ocp.CheckpointManager, state, step: int | None = None):
   try:
     tree = mngr.restore(step, args=ocp.args.StandardRestore(target))
   except Exception as e:  # noqa: BLE001  orbax raises many types for a bad checkpoint
-    raise ValueError(f"checkpoint {mngr.directory}/{step} cannot be restored: {_first_line(e)}") from e
+    raise ValueError(
+        f"checkpoint {mngr.directory}/{step} cannot be restored: {_first_line(e)}") from e
   return state.replace(**tree)
 
 

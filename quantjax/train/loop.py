@@ -7,12 +7,12 @@ import os
 import time
 from typing import Any
 
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import traverse_util
 
 from quantjax import data
 from quantjax.intercept import QUANT_STATE, quantized_apply, quantized_init

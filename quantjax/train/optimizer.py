@@ -47,7 +47,8 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
   elif config.optimizer == "adamw":
     tx = optax.adamw(schedule, weight_decay=config.weight_decay, mask=_decay_mask)
   else:
-    raise ValueError(f"optimizer={config.optimizer!r} is not valid; choose one of {', '.join(OPTIMIZERS)}")
+    raise ValueError(
+        f"optimizer={config.optimizer!r} is not valid; choose one of {', '.join(OPTIMIZERS)}")
   if config.get("grad_clip_norm"):
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
   return tx

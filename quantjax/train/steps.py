@@ -9,7 +9,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-
 from flax import traverse_util
 
 from quantjax.intercept import QUANT_LOSSES, QUANT_STATE, QuantPlan, quantized_apply
@@ -51,7 +50,8 @@ def make_train_step(model: nn.Module, plan: QuantPlan | None, num_classes: int, 
       loss = task_loss + aux_loss_weight * sum(aux.values()) if aux else task_loss
       return loss, (logits, updates, task_loss, aux)
 
-    (loss, (logits, updates, task_loss, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (logits, updates, task_loss, aux)), grads = grad_fn(state.params)
     state = state.apply_gradients(grads=grads)
     state = state.replace(
         batch_stats=updates.get("batch_stats", state.batch_stats),

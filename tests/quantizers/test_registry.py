@@ -43,8 +43,9 @@ def test_contract(name):
     assert np.isfinite(np.asarray(out)).all()
     # Fewer distinct values than inputs: it quantizes.
     assert len(np.unique(np.asarray(out))) < x.size // 2
-    grads = jax.grad(lambda v, p: jnp.sum(q.apply(v, p, state, role, True)[0] ** 2),
-                     argnums=(0, 1))(x, params)
+    grads = jax.grad(
+        lambda v, p, s=state, r=role: jnp.sum(q.apply(v, p, s, r, True)[0] ** 2),
+        argnums=(0, 1))(x, params)
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
     assert float(jnp.abs(grads[0]).sum()) > 0, f"{name} passes no gradient to its input"
     assert q.bits > 0 and isinstance(q.describe(), str)

@@ -6,6 +6,7 @@
 Resumes from the latest checkpoint in --workdir. See configs/ for the available experiments.
 """
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -13,12 +14,18 @@ import quantjax.train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summary.")
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False,
+    "Call jax.distributed.initialize() first (multi-host; the cluster's environment or the "
+    "JAX_COORDINATOR_ADDRESS / process count and id variables say who is who).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
   summary = quantjax.train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
   print(f"test accuracy: {summary['accuracy']['test']:.4f}  "
         f"(validation {summary['accuracy']['validation']:.4f}; "

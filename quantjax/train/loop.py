@@ -106,7 +106,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mngr = checkpoint.manager(workdir, max_to_keep=config.get("keep_checkpoints", 3))
   state = checkpoint.restore_into(mngr, state)
   start_step = int(jax.device_get(state.step))
-  checkpoint.record_config(config, workdir)
+  lead = jax.process_index() == 0  # one host writes the workdir's files (orbax coordinates its own)
+  if lead:
+    checkpoint.record_config(config, workdir)
   if start_step:
     logging.info("resumed from %s at step %d", workdir, start_step)
 
@@ -117,7 +119,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       out_shardings=(replicated, replicated),
       donate_argnames=("state",),
   )
-  writer = MetricWriter(workdir, tensorboard=config.get("tensorboard", True))
+  writer = MetricWriter(workdir, tensorboard=config.get("tensorboard", True), enabled=lead)
   progress = Progress(start_step, total_steps)
   put = lambda b: jax.device_put(b, batch_sharding)  # noqa: E731
   batches = data.prefetch(
@@ -166,7 +168,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer.close()
   summary = evaluate.make_summary(exp, results, step=total_steps,
                                   train_seconds=train_seconds, resumed_from=start_step)
-  checkpoint.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+  if lead:
+    checkpoint.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
   logging.info("test accuracy %.4f (validation %.4f); summary in %s",
                results["test"]["accuracy"], results["validation"]["accuracy"], workdir)
   return summary

@@ -14,10 +14,13 @@ from absl import logging
 class MetricWriter:
   """Writes scalars to `<workdir>/metrics.jsonl`, TensorBoard (tensorboardX) and the log."""
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True):
+  def __init__(self, workdir: str, *, tensorboard: bool = True, enabled: bool = True):
+    """`enabled=False` (hosts other than the first) only logs."""
+    self._jsonl = self._tb = None
+    if not enabled:
+      return
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
-    self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # lazily: only the training process needs it
 
@@ -25,20 +28,23 @@ class MetricWriter:
 
   def write(self, step: int, scalars: dict[str, Any], prefix: str = "") -> None:
     values = {f"{prefix}{k}": float(np.asarray(v)) for k, v in scalars.items()}
-    self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
-    self._jsonl.flush()
+    if self._jsonl is not None:
+      self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
+      self._jsonl.flush()
     if self._tb is not None:
       for k, v in values.items():
         self._tb.add_scalar(k, v, int(step))
     logging.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
 
   def flush(self) -> None:
-    self._jsonl.flush()
+    if self._jsonl is not None:
+      self._jsonl.flush()
     if self._tb is not None:
       self._tb.flush()
 
   def close(self) -> None:
-    self._jsonl.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
 

@@ -1,6 +1,21 @@
-"""Data: mnist5k (embedded) and tfds datasets, batching, augmentation and prefetch."""
+"""Data: mnist5k (embedded, offline) and tfds datasets; batching, augmentation and prefetch.
 
-from quantjax.data.pipeline import Dataset, get_dataset, prefetch
-from quantjax.data.source import SPLITS, DatasetSpec, check_name
+  ds = get_dataset('mnist5k', data_dir=...)        # or any tfds name, e.g. 'cifar10'
+  batches = prefetch(ds.train_batches(batch_size=128, seed=0, augment='shift'), put=...)
+  for batch in ds.eval_batches('validation', batch_size=500): ...  # with batch['mask']
+"""
 
-__all__ = ["SPLITS", "Dataset", "DatasetSpec", "check_name", "get_dataset", "prefetch"]
+from quantjax.data.augment import AUGMENTATIONS
+from quantjax.data.pipeline import Dataset, DatasetSpec, get_dataset
+from quantjax.data.prefetcher import prefetch
+from quantjax.data.source import SPLITS, check_name
+
+__all__ = [
+    "AUGMENTATIONS",
+    "SPLITS",
+    "Dataset",
+    "DatasetSpec",
+    "check_name",
+    "get_dataset",
+    "prefetch",
+]

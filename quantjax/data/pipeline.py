@@ -1,124 +1,164 @@
-"""Batches for training (seeded, resumable, augmented) and evaluation (every example once)."""
+"""The input pipeline: seeded, resumable training batches and padded, masked evaluation batches."""
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Callable, Iterator
+import dataclasses
+import operator
+from collections.abc import Iterator
 
 import numpy as np
 
 from quantjax.data import augment as augment_lib
-from quantjax.data.source import SPLITS, DatasetSpec, Sources, dataset_stats
+from quantjax.data import source, stats
 
 Batch = dict[str, np.ndarray]
 
 
-class Dataset:
-  """One dataset's splits, normalisation and batching."""
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What a model and a training loop need to know about a dataset."""
 
-  def __init__(self, sources: Sources):
-    self._sources = sources
-    train = sources.split("train")
-    mean, std = dataset_stats(sources.name, train)
+  name: str
+  num_classes: int
+  image_shape: tuple[int, int, int]  # [H, W, C]
+  split_sizes: dict[str, int]  # 'train', 'validation', 'test' as this pipeline defines them
+  mean: tuple[float, ...]  # per channel, in [0, 1] pixel units
+  std: tuple[float, ...]  # per channel, in [0, 1] pixel units
+
+
+def _positive(value: int, what: str) -> int:
+  value = operator.index(value)
+  if value < 1:
+    raise ValueError(f"{what}={value} must be at least 1")
+  return value
+
+
+class Dataset:
+  """One dataset's splits, normalisation and batching. Build it with `get_dataset`."""
+
+  def __init__(self, splits: source.Splits):
+    self._readers = splits.readers
+    mean, std = stats.channel_stats(splits.name, splits.readers["train"])
+    self._normalise = stats.Normaliser(mean, std)
     self.spec = DatasetSpec(
-        name=sources.name,
-        num_classes=sources.num_classes,
-        image_shape=tuple(int(d) for d in train.images.shape[1:]),
-        split_sizes={s: len(sources.split(s).labels) for s in SPLITS},
+        name=splits.name,
+        num_classes=splits.num_classes,
+        image_shape=splits.image_shape,
+        split_sizes={split: len(reader) for split, reader in splits.readers.items()},
         mean=mean,
         std=std,
     )
-    self._scale = (1.0 / (255.0 * np.asarray(std, np.float32))).astype(np.float32)
-    self._offset = (np.asarray(mean, np.float32) / np.asarray(std, np.float32)).astype(np.float32)
+
+  def _reader(self, split: str) -> source.SplitReader:
+    source.check_split(split)
+    return self._readers[split]
 
   def num_examples(self, split: str) -> int:
-    return len(self._sources.split(split).labels)
+    """Examples in `split` ('train', 'validation' or 'test')."""
+    return len(self._reader(split))
 
   def normalise(self, images: np.ndarray) -> np.ndarray:
-    """uint8 [B, H, W, C] -> float32 (x/255 - mean)/std."""
-    return images.astype(np.float32) * self._scale - self._offset
+    """uint8 [B, H, W, C] -> float32 (x / 255 - mean) / std with this dataset's statistics."""
+    return self._normalise(images)
 
   def train_batches(self, *, batch_size: int, seed: int, split: str = "train",
                     start_step: int = 0, augment: str = "none") -> Iterator[Batch]:
-    """Infinite batches; step s's batch is a pure function of (seed, s), so runs resume exactly.
+    """Endless shuffled, augmented batches; step s's batch is a pure function of (seed, s).
 
-    Epoch e visits the split in the order of `default_rng([seed, e]).permutation`; the ragged end
-    of each epoch is dropped.
+    Epoch e visits `split` in the order of `np.random.default_rng([seed, e]).permutation(n)`,
+    cut into `n // batch_size` batches (the ragged end is dropped). The augmentation of batch
+    i of epoch e draws from `np.random.default_rng([seed, e, i, 1])`. So starting at
+    `start_step` yields exactly the batches an uninterrupted run yields from that step on.
+
+    Args:
+      batch_size: examples per batch.
+      seed: non-negative shuffling and augmentation seed.
+      split: the split to draw from.
+      start_step: global step of the first batch (steps count from 0).
+      augment: 'none', 'shift' (digits) or 'crop_flip' (CIFAR-style); see `augment.apply`.
+
+    Returns:
+      An iterator of dict(image=float32 [B, H, W, C] normalised, label=int32 [B]).
+
+    Raises:
+      ValueError: at once (not on the first `next`) for a bad split, augmentation, seed,
+        batch size larger than the split, or negative start step.
     """
+    reader = self._reader(split)
     augment_lib.check(augment)
-    data = self._sources.split(split)
-    n = len(data.labels)
-    steps_per_epoch = n // batch_size
-    if steps_per_epoch < 1:
-      raise ValueError(f"batch_size={batch_size} exceeds the {n} examples of split {split!r}")
-    step = start_step
+    batch_size = _positive(batch_size, "batch_size")
+    if len(reader) < batch_size:
+      raise ValueError(f"batch_size={batch_size} exceeds the {len(reader)} examples of split "
+                       f"{split!r}")
+    seed, start_step = operator.index(seed), operator.index(start_step)
+    if seed < 0 or start_step < 0:
+      raise ValueError(f"seed={seed} and start_step={start_step} must not be negative")
+    return self._train_batches(reader, batch_size, seed, start_step, augment)
+
+  def _train_batches(self, reader: source.SplitReader, batch_size: int, seed: int,
+                     start_step: int, augment: str) -> Iterator[Batch]:
+    steps_per_epoch = len(reader) // batch_size
+    epoch, first = divmod(start_step, steps_per_epoch)
     while True:
-      epoch, within = divmod(step, steps_per_epoch)
-      order = np.random.default_rng([seed, epoch]).permutation(n)
-      for i in range(within, steps_per_epoch):
-        idx = np.sort(order[i * batch_size:(i + 1) * batch_size])
-        images = data.images[idx]
-        rng = np.random.default_rng([seed, epoch, i, 1])
-        images = augment_lib.apply(images, augment, rng)
-        yield {"image": self.normalise(images), "label": data.labels[idx]}
-        step += 1
+      order = np.random.default_rng([seed, epoch]).permutation(len(reader))
+      for i in range(first, steps_per_epoch):
+        # Sorted, so records are read in file order; a batch is a set to the loss (and to batch
+        # statistics), so the order within it does not matter.
+        positions = np.sort(order[i * batch_size:(i + 1) * batch_size])
+        images, labels = reader.read(positions)
+        # The trailing 1 keeps this stream apart from the permutation's [seed, e], which
+        # SeedSequence would otherwise zero-pad into the same state as [seed, e, 0, 0].
+        images = augment_lib.apply(images, augment, np.random.default_rng([seed, epoch, i, 1]))
+        yield {"image": self._normalise(images), "label": labels}
+      epoch, first = epoch + 1, 0
 
   def eval_batches(self, split: str, *, batch_size: int) -> Iterator[Batch]:
-    """One pass over `split`; the last batch is padded to `batch_size` and masked."""
-    data = self._sources.split(split)
-    n = len(data.labels)
+    """One pass over `split` in order: every example exactly once.
+
+    Args:
+      split: 'train', 'validation' or 'test'.
+      batch_size: examples per batch; the last batch is padded up to it.
+
+    Returns:
+      An iterator of dict(image=float32 [B, H, W, C], label=int32 [B], mask=float32 [B]); mask
+      is 1 for real examples and 0 for padding (black images with label 0).
+
+    Raises:
+      ValueError: at once for a bad split or batch size.
+    """
+    reader = self._reader(split)
+    return self._eval_batches(reader, _positive(batch_size, "batch_size"))
+
+  def _eval_batches(self, reader: source.SplitReader, batch_size: int) -> Iterator[Batch]:
+    n = len(reader)
     for start in range(0, n, batch_size):
-      images = data.images[start:start + batch_size]
-      labels = data.labels[start:start + batch_size]
+      images, labels = reader.read(np.arange(start, min(start + batch_size, n)))
       real = len(labels)
-      mask = np.ones(batch_size, np.float32)
+      mask = np.zeros(batch_size, np.float32)
+      mask[:real] = 1.0
       if real < batch_size:
         pad = batch_size - real
         images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
         labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
-        mask[real:] = 0.0
-      yield {"image": self.normalise(images), "label": labels, "mask": mask}
+      yield {"image": self._normalise(images), "label": labels, "mask": mask}
 
 
 def get_dataset(name: str, *, data_dir: str | None = None, download: bool = True) -> Dataset:
-  """The dataset `name` ('mnist5k' or a tfds name); bad names fail before any preparation."""
-  return Dataset(Sources(name, data_dir=data_dir, download=download))
+  """Opens a dataset for batching.
 
+  Args:
+    name: 'mnist5k' (5,000 real digits, built offline on first use) or any name in
+      `tfds.list_builders()`, read through `tfds.data_source` (ArrayRecord).
+    data_dir: tfds data directory; None means tfds's default (~/tensorflow_datasets).
+    download: whether tfds may download and prepare a missing dataset.
 
-_END = object()
+  Returns:
+    The dataset. Splits are decoded when first read (the train split's first 1,000 examples at
+    once when its normalisation statistics are not known and must be estimated).
 
-
-def prefetch(iterator: Iterator, size: int = 2, put: Callable | None = None) -> Iterator:
-  """Runs `iterator` (and `put`, e.g. a device transfer) `size` batches ahead in a thread.
-
-  Exceptions raised by the producer are re-raised in the consumer.
+  Raises:
+    ValueError: for an unknown name (before any download or preparation), a dataset that is
+      not prepared while download=False, or one without 'train'/'test' splits, uint8 images
+      and class labels.
   """
-  q: queue.Queue = queue.Queue(maxsize=size)
-  stop = threading.Event()
-
-  def produce():
-    try:
-      for item in iterator:
-        if stop.is_set():
-          return
-        q.put(put(item) if put else item)
-      q.put(_END)
-    except BaseException as e:  # noqa: BLE001  handed to the consumer
-      q.put(e)
-
-  thread = threading.Thread(target=produce, daemon=True)
-  thread.start()
-  try:
-    while True:
-      item = q.get()
-      if item is _END:
-        return
-      if isinstance(item, BaseException):
-        raise item
-      yield item
-  finally:
-    stop.set()
-    # Unblock a producer waiting on a full queue.
-    while not q.empty():
-      q.get_nowait()
+  return Dataset(source.open_splits(name, data_dir=data_dir, download=download))

@@ -1,0 +1,271 @@
+"""Power-of-two ('pot') and logarithmic ('log') quantizers.
+
+The logarithmic quantizer with a fine-grained step is MXQN's (Huang, Liu, Fang, "MXQN: Mixed
+quantization for reducing bit-width of weights and activations in deep convolutional neural
+networks", Applied Intelligence 51(7):4561-4574, 2021; METHODS.md §2); the power-of-two baseline
+is its base-2 case (METHODS.md, baselines).
+
+Levels: `0` or `±2^(k/m)`, `m` the `base_root` (1: base 2, PoT; 2: base √2, MXQN's default
+"fine-grained" step; 4: base 2^(1/4)), `k` an integer in a window of `W` exponents ending at the
+full-scale exponent `K`: `k = K-W+1, ..., K`.
+
+Code layout (b bits): a sign bit when `signed`, then a magnitude field of `b' = b-1` bits (signed)
+or `b' = b` bits (unsigned, post-ReLU: no sign bit). Magnitude code 0 is the value zero; codes
+`c = 1..2^b'-1` are `2^((K - W + c)/m)`, so `W = 2^b' - 1` exponents (PoT signed: `2^(b-1) - 1`, as
+METHODS.md's baseline says). Signed: `2^b - 1` distinct values (±0 share a value); unsigned: `2^b`.
+Unsigned inputs below zero go to 0.
+
+Rounding is to the nearest level in the linear domain (the error-minimising choice; rounding the
+exponent in the log domain would put the threshold between 2^k and 2^(k+1) at their geometric
+mean instead of their midpoint). So a value below the smallest level `s` goes to 0 when it is
+below `s/2` and to `s` above it, and values beyond `2^(K/m)` clip to it. Ties go to the even
+magnitude code (round half to even on the code; the tie at `s/2` goes to 0).
+
+Full-scale exponent `K` (per tensor, or per output channel for weights):
+- 'max': `K = ceil(m·log2 max|x|)`, the smallest level not below the max (no clipping; the max is
+  allowed to exceed `2^(K/m)` by a relative 1e-4·ln2/m, so a max that is itself a level keeps it).
+- 'sqnr': the `K` maximising `SQNR = 10·log10(Σx² / Σ(x - Q(x))²)` among `sqnr_candidates`
+  exponents from the 'max' one downwards (a larger K only loses the smallest level). Ties keep the
+  larger K.
+Weights compute `K` on every call. Activations keep a moving average of the batch's full-scale
+value in 'quant_state' (`max|x|` for 'max', `2^(K*/m)` of the batch's SQNR-best `K*` for 'sqnr',
+updated in training only) and take `K = ceil(m·log2)` of it ('max') or the nearest exponent
+`round(m·log2)` ('sqnr').
+
+Wide windows reach below float32's range (PoT with b=8 unsigned spans 2^-254 of full scale): the
+lowest levels then flush to zero, which changes nothing for float32 inputs.
+
+Gradient: straight-through ('ste') or clipped straight-through ('clipped_ste': zero beyond the
+full-scale level, and for unsigned below zero); `K` is a statistic and gets no gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from quantjax.quantizers import estimators
+from quantjax.quantizers.base import (
+    Array,
+    Quantizer,
+    Vars,
+    channel_reduce_axes,
+    check_bits,
+    check_choice,
+    ema,
+)
+from quantjax.quantizers.registry import register
+
+MAX_LOG_BITS = 8
+BASE_ROOTS = (1, 2, 4)
+FULL_SCALE_METHODS = ("max", "sqnr")
+GRANULARITIES = ("tensor", "channel")
+_EXPONENT_TOL = 1e-4  # in units of 1/m: a max within this of a level's exponent maps to that level
+
+
+class _LogGrid(NamedTuple):
+  """Static description of the level window, the non-differentiable argument of the VJP."""
+
+  base_root: int  # m
+  num_exponents: int  # W
+  signed: bool
+  estimator: str
+
+
+def num_exponents(bits: int, signed: bool) -> int:
+  """W = 2^b' - 1 exponents: b' = b - 1 magnitude bits signed, b unsigned; one code is zero."""
+  return 2 ** (bits - 1 if signed else bits) - 1
+
+
+def exponent_levels(full_scale_exp: Array, grid: _LogGrid) -> Array:
+  """The W positive levels `2^(k/m)`, ascending, shape K.shape + [W]."""
+  k = jnp.asarray(full_scale_exp)[..., None] + jnp.arange(1 - grid.num_exponents, 1)
+  return jnp.exp2(k / grid.base_root)
+
+
+def quantize_magnitude(a: Array, full_scale_exp: Array, grid: _LogGrid) -> Array:
+  """Nearest of {0} ∪ {2^(k/m)} to `a >= 0` in the linear domain (no gradient rules)."""
+  m = grid.base_root
+  top = full_scale_exp
+  bottom = top - grid.num_exponents + 1  # smallest exponent; bottom - 1 stands for zero
+  tiny = jnp.finfo(a.dtype).tiny
+  # The floor may be off by one next to a level (log2 rounding); comparing the distances to both
+  # neighbours below makes the result exact anyway.
+  k_lo = jnp.clip(jnp.floor(m * jnp.log2(jnp.maximum(a, tiny))), bottom - 1, top)
+  k_hi = jnp.minimum(k_lo + 1, top)
+  lo = jnp.where(k_lo < bottom, 0.0, jnp.exp2(k_lo / m)).astype(a.dtype)
+  hi = jnp.exp2(k_hi / m).astype(a.dtype)
+  d_lo, d_hi = jnp.abs(a - lo), jnp.abs(hi - a)
+  even_code = jnp.mod(k_hi - bottom + 1, 2) == 0
+  return jnp.where((d_hi < d_lo) | ((d_hi == d_lo) & even_code), hi, lo)
+
+
+def log_quantize_raw(x: Array, full_scale_exp: Array, grid: _LogGrid) -> Array:
+  """Signed or unsigned log quantization of `x` (no gradient rules)."""
+  if grid.signed:
+    return jnp.sign(x) * quantize_magnitude(jnp.abs(x), full_scale_exp, grid)
+  return quantize_magnitude(jnp.maximum(x, 0.0), full_scale_exp, grid)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def log_quantize(x: Array, full_scale_exp: Array, grid: _LogGrid) -> Array:
+  """`0` or `±2^(k/m)` nearest to x, k in the window ending at K; straight-through gradients."""
+  return log_quantize_raw(x, full_scale_exp, grid)
+
+
+def _log_quantize_fwd(x, full_scale_exp, grid):
+  return log_quantize_raw(x, full_scale_exp, grid), (x, full_scale_exp)
+
+
+def _log_quantize_bwd(grid, residuals, g):
+  x, full_scale_exp = residuals
+  top = jnp.exp2(full_scale_exp / grid.base_root).astype(x.dtype)
+  inside = (jnp.abs(x) <= top) if grid.signed else ((x >= 0) & (x <= top))
+  return estimators.input_grad(g, inside, grid.estimator), jnp.zeros_like(full_scale_exp)
+
+
+log_quantize.defvjp(_log_quantize_fwd, _log_quantize_bwd)
+
+
+def max_exponent(max_abs: Array, base_root: int) -> Array:
+  """`ceil(m·log2 max)`: the exponent of the smallest level `2^(K/m)` not below `max`."""
+  tiny = jnp.finfo(jnp.float32).tiny
+  return jnp.ceil(base_root * jnp.log2(jnp.maximum(max_abs, tiny)) - _EXPONENT_TOL)
+
+
+def sqnr_exponent(x: Array, axes, grid: _LogGrid, candidates: int) -> Array:
+  """The full-scale exponent maximising SQNR among `candidates` from the max's one downwards."""
+  k_max = max_exponent(jnp.max(jnp.abs(x), axis=axes), grid.base_root)
+  errors = jnp.stack([
+      jnp.sum(jnp.square(x - log_quantize_raw(x, k_max - j, grid)), axis=axes)
+      for j in range(candidates)
+  ])  # [candidates] or [candidates, C]; argmin keeps the first (largest K) on ties
+  return k_max - jnp.argmin(errors, axis=0).astype(k_max.dtype)
+
+
+@register("log")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Log(Quantizer):
+  """Logarithmic quantizer, levels 0 and ±2^(k/m) (MXQN's fine-grained log, Huang et al. 2021)."""
+
+  bits: int = 4  # b, width of the code (sign bit included when signed), 2 to 8
+  base_root: int = 2  # m: levels 2^(k/m); 1 = power of two, 2 = base √2 (MXQN's default), 4
+  signed: bool = True  # False for post-ReLU inputs: no sign bit, the magnitude gets all b bits
+  granularity: str = "tensor"  # 'tensor' or 'channel' (weights only: the output-channel axis)
+  full_scale: str = "max"  # full-scale exponent: 'max' (no clipping) or 'sqnr' (best SQNR)
+  sqnr_candidates: int = 4  # 'sqnr': exponents tried, from the 'max' one downwards
+  estimator: str = "clipped_ste"  # 'ste' or 'clipped_ste' for dQ/dx
+  momentum: float = 0.9  # moving average of the activations' full-scale value
+
+  def __post_init__(self):
+    name = type(self).__name__
+    check_bits(name, "bits", self.bits, hi=MAX_LOG_BITS)
+    check_choice(name, "base_root", self.base_root, BASE_ROOTS)
+    check_choice(name, "signed", self.signed, (True, False))
+    check_choice(name, "granularity", self.granularity, GRANULARITIES)
+    check_choice(name, "full_scale", self.full_scale, FULL_SCALE_METHODS)
+    check_choice(name, "estimator", self.estimator, estimators.ESTIMATORS)
+    if not isinstance(self.sqnr_candidates, int) or self.sqnr_candidates < 1:
+      raise ValueError(
+          f"{name}.sqnr_candidates={self.sqnr_candidates!r} is out of range; valid: integers >= 1")
+    if not 0.0 <= self.momentum < 1.0:
+      raise ValueError(f"{name}.momentum={self.momentum!r} is out of range; valid: [0, 1)")
+
+  @property
+  def num_exponents(self) -> int:
+    """W, the number of nonzero magnitudes."""
+    return num_exponents(self.bits, self.signed)
+
+  @property
+  def num_levels(self) -> int:
+    """Distinct values: 2W + 1 signed (= 2^b - 1), W + 1 unsigned (= 2^b)."""
+    return 2 * self.num_exponents + 1 if self.signed else self.num_exponents + 1
+
+  def describe(self) -> str:
+    sign = "" if self.signed else "u"
+    base = "" if self.registry_name == "pot" else f"/m{self.base_root}"
+    return f"{self.registry_name}{sign}{self.bits}{base}/{self.granularity}/{self.full_scale}"
+
+  def validate_role(self, role: str) -> None:
+    super().validate_role(role)
+    if role == "act" and self.granularity == "channel":
+      raise ValueError(
+          f"{type(self).__name__}.granularity='channel' is for weights only; activations use "
+          "'tensor' (a per-input-channel scale cannot be factored out of the accumulation)"
+      )
+
+  def _grid(self) -> _LogGrid:
+    return _LogGrid(self.base_root, self.num_exponents, self.signed, self.estimator)
+
+  # -- the full-scale exponent ---------------------------------------------------------------
+
+  def batch_full_scale(self, x: Array, axes) -> Array:
+    """The full-scale value of `x`: max|x| ('max') or 2^(K*/m) of the SQNR-best K* ('sqnr')."""
+    x = jax.lax.stop_gradient(x).astype(jnp.float32)
+    if self.full_scale == "max":
+      return jnp.max(jnp.abs(x), axis=axes)
+    return jnp.exp2(sqnr_exponent(x, axes, self._grid(), self.sqnr_candidates) / self.base_root)
+
+  def exponent_from_full_scale(self, full_scale: Array) -> Array:
+    """K from a (moving-average) full-scale value: ceil ('max', no clipping) or nearest ('sqnr')."""
+    if self.full_scale == "max":
+      return max_exponent(full_scale, self.base_root)
+    tiny = jnp.finfo(jnp.float32).tiny
+    return jnp.round(self.base_root * jnp.log2(jnp.maximum(full_scale, tiny)))
+
+  def full_scale_exponent(self, x: Array | None, state: Vars, role: str) -> Array:
+    """K as `apply` uses it (without the training-time moving-average update)."""
+    if role == "act":
+      return self.exponent_from_full_scale(state["full_scale"])
+    if x is None:
+      raise ValueError(f"{type(self).__name__} weight levels depend on the weights: pass x")
+    x = jax.lax.stop_gradient(x).astype(jnp.float32)
+    axes = channel_reduce_axes(x, self.granularity == "channel")
+    if self.full_scale == "max":
+      return max_exponent(jnp.max(jnp.abs(x), axis=axes), self.base_root)
+    return sqnr_exponent(x, axes, self._grid(), self.sqnr_candidates)
+
+  # -- the contract --------------------------------------------------------------------------
+
+  def init(self, x: Array, role: str) -> tuple[Vars, Vars]:
+    self.validate_role(role)
+    if role == "act":
+      return {}, {"full_scale": self.batch_full_scale(x, None)}
+    return {}, {}
+
+  def apply(
+      self, x: Array, params: Vars, state: Vars, role: str, training: bool
+  ) -> tuple[Array, Vars]:
+    del params
+    if role == "act" and training:
+      batch = self.batch_full_scale(x, None)
+      state = {"full_scale": ema(state["full_scale"], batch, self.momentum)}
+    k = self.full_scale_exponent(x, state, role)
+    return log_quantize(x, jax.lax.stop_gradient(k).astype(x.dtype), self._grid()), state
+
+  def levels(self, params: Vars, state: Vars, x: Array | None = None,
+             role: str = "weight") -> Array:
+    """All representable values, ascending, shape K.shape + [num_levels] (weights need `x`)."""
+    del params
+    k = self.full_scale_exponent(x, state, role)
+    positive = exponent_levels(k, self._grid()).astype(jnp.float32)
+    zero = jnp.zeros((*positive.shape[:-1], 1), jnp.float32)
+    if not self.signed:
+      return jnp.concatenate([zero, positive], axis=-1)
+    return jnp.concatenate([-positive[..., ::-1], zero, positive], axis=-1)
+
+
+@register("pot")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PowerOfTwo(Log):
+  """Power-of-two quantizer, levels {0} ∪ ±2^e: the base-2 case of `Log` (METHODS.md baseline)."""
+
+  base_root: int = 1  # fixed at 1 (base 2); use 'log' for base √2 or 2^(1/4)
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_choice(type(self).__name__, "base_root", self.base_root, (1,))

@@ -81,10 +81,23 @@ def num_exponents(bits: int, signed: bool) -> int:
   return 2 ** (bits - 1 if signed else bits) - 1
 
 
+def power_of_root(k: Array, base_root: int, dtype=jnp.float32) -> Array:
+  """`2^(k/m)` for integer-valued k: exact powers of two, correctly rounded roots.
+
+  XLA's exp2 is not exact at integers (exp2(-13) is off by 1e-6 relative on CPU), so the integer
+  part goes through ldexp and the fractional part is one of m float64-rounded constants.
+  """
+  k = jnp.asarray(k)
+  octave = jnp.floor(k / base_root)
+  remainder = (k - octave * base_root).astype(jnp.int32)
+  roots = jnp.asarray([2.0 ** (j / base_root) for j in range(base_root)], dtype)
+  return jnp.ldexp(roots[remainder], octave.astype(jnp.int32))
+
+
 def exponent_levels(full_scale_exp: Array, grid: _LogGrid) -> Array:
   """The W positive levels `2^(k/m)`, ascending, shape K.shape + [W]."""
   k = jnp.asarray(full_scale_exp)[..., None] + jnp.arange(1 - grid.num_exponents, 1)
-  return jnp.exp2(k / grid.base_root)
+  return power_of_root(k, grid.base_root)
 
 
 def quantize_magnitude(a: Array, full_scale_exp: Array, grid: _LogGrid) -> Array:
@@ -97,8 +110,8 @@ def quantize_magnitude(a: Array, full_scale_exp: Array, grid: _LogGrid) -> Array
   # neighbours below makes the result exact anyway.
   k_lo = jnp.clip(jnp.floor(m * jnp.log2(jnp.maximum(a, tiny))), bottom - 1, top)
   k_hi = jnp.minimum(k_lo + 1, top)
-  lo = jnp.where(k_lo < bottom, 0.0, jnp.exp2(k_lo / m)).astype(a.dtype)
-  hi = jnp.exp2(k_hi / m).astype(a.dtype)
+  lo = jnp.where(k_lo < bottom, 0.0, power_of_root(k_lo, m, a.dtype)).astype(a.dtype)
+  hi = power_of_root(k_hi, m, a.dtype)
   d_lo, d_hi = jnp.abs(a - lo), jnp.abs(hi - a)
   even_code = jnp.mod(k_hi - bottom + 1, 2) == 0
   return jnp.where((d_hi < d_lo) | ((d_hi == d_lo) & even_code), hi, lo)
@@ -123,7 +136,7 @@ def _log_quantize_fwd(x, full_scale_exp, grid):
 
 def _log_quantize_bwd(grid, residuals, g):
   x, full_scale_exp = residuals
-  top = jnp.exp2(full_scale_exp / grid.base_root).astype(x.dtype)
+  top = power_of_root(full_scale_exp, grid.base_root, x.dtype)
   inside = (jnp.abs(x) <= top) if grid.signed else ((x >= 0) & (x <= top))
   return estimators.input_grad(g, inside, grid.estimator), jnp.zeros_like(full_scale_exp)
 
@@ -208,7 +221,7 @@ class Log(Quantizer):
     x = jax.lax.stop_gradient(x).astype(jnp.float32)
     if self.full_scale == "max":
       return jnp.max(jnp.abs(x), axis=axes)
-    return jnp.exp2(sqnr_exponent(x, axes, self._grid(), self.sqnr_candidates) / self.base_root)
+    return power_of_root(sqnr_exponent(x, axes, self._grid(), self.sqnr_candidates), self.base_root)
 
   def exponent_from_full_scale(self, full_scale: Array) -> Array:
     """K from a (moving-average) full-scale value: ceil ('max', no clipping) or nearest ('sqnr')."""

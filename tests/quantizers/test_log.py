@@ -63,14 +63,6 @@ def test_levels(name, bits, m, signed, exponents):
   np.testing.assert_allclose(np.unique(_act(q, x)), expected, rtol=1e-6, atol=0)
 
 
-def test_pot_is_log_with_base_two():
-  pot, log2 = _q("pot", bits=4), _q("log", bits=4, base_root=1)
-  assert isinstance(pot, log.PowerOfTwo) and isinstance(pot, log.Log) and pot.base_root == 1
-  x = np.linspace(-2.0, 2.0, 401)
-  np.testing.assert_array_equal(_act(pot, x), _act(log2, x))
-  assert _q("log").base_root == 2  # MXQN's fine-grained default
-
-
 # -- rounding ------------------------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ EIGHT_BIT_WEIGHT = dict(name="uniform", bits=8, granularity="channel", scale_met
 def fine_tuning(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Sets the fine-tuning schedule and the 8-bit first and last layers shared by every method."""
   config.init_from = ""  # REQUIRED: the float run's workdir, e.g. runs/float
+  config.require_init_from = True  # refuse to start (one-line error) while init_from is empty
   config.num_epochs = 20.0  # on top of the float run's 80
   config.learning_rate = 1e-3  # a third of the from-scratch peak
   config.warmup_epochs = 0.5  # lets freshly calibrated quantizer scales settle

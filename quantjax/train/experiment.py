@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -35,6 +36,13 @@ def build(config: ml_collections.ConfigDict, *, quantized: bool = True) -> Exper
       raise ValueError(f"{name}={config.get(name)!r} must be a positive integer")
   if config.num_epochs <= 0:
     raise ValueError(f"num_epochs={config.num_epochs!r} must be positive")
+  init_from = config.get("init_from") or ""
+  if config.get("require_init_from") and not init_from:
+    raise ValueError("this config fine-tunes a float checkpoint: set "
+                     "--config.init_from=<workdir of a configs/float.py run>")
+  if init_from and not os.path.isdir(os.path.join(init_from, "checkpoints")):
+    raise ValueError(f"init_from={init_from!r} holds no checkpoints (expected "
+                     f"{os.path.join(init_from, 'checkpoints')})")
   model_kwargs = dict(config.get("model_kwargs") or {})
   # Check names and quantizer specs before touching the dataset (which may need preparing).
   if quantized:

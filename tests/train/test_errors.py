@@ -71,3 +71,12 @@ def test_eval_of_missing_workdir(tmp_path):
 
   with pytest.raises(ValueError, match="config.json not found"):
     evaluate_workdir(str(tmp_path / "nothing"))
+
+
+def test_fine_tuning_config_requires_init_from(tmp_path):
+  from configs import uniform_w4a4
+
+  config = uniform_w4a4.get_config()
+  _fails(config, str(tmp_path / "run"), r"fine-tunes a float checkpoint: set --config.init_from")
+  config.init_from = str(tmp_path / "missing")
+  _fails(config, str(tmp_path / "run"), r"init_from='.*missing' holds no checkpoints")

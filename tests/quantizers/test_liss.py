@@ -2,7 +2,6 @@
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -249,27 +248,8 @@ def test_properties(values, config):
 
 # -- through the interceptor ---------------------------------------------------------------------
 
-_OPERANDS = []  # (lhs, rhs) as the lax primitives receive them
-
-
-def _record(primitive):
-  def call(lhs, rhs, *args, **kwargs):
-    _OPERANDS.append((lhs, rhs))
-    return primitive(lhs, rhs, *args, **kwargs)
-  return call
-
-
-class ConvDense(nn.Module):
-  @nn.compact
-  def __call__(self, x):  # x: [B, 5, 5, 1]
-    x = nn.relu(nn.Conv(3, (3, 3), name="conv",
-                        conv_general_dilated=_record(jax.lax.conv_general_dilated))(x))
-    return nn.Dense(2, name="fc", dot_general=_record(jax.lax.dot_general))(
-        x.reshape(x.shape[0], -1))
-
-
-def test_through_the_interceptor():
-  model = ConvDense()
+def test_through_the_interceptor(recorded_conv_dense):
+  model, recorded = recorded_conv_dense
   x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 5, 5, 1)), jnp.float32)
   layers = intercept.discover_layers(model, x)
   weight = {"name": "liss", "bits": 2, "fit": "laplace"}
@@ -288,11 +268,11 @@ def test_through_the_interceptor():
 
   @jax.jit
   def run(variables):
-    _OPERANDS.clear()
+    recorded.clear()
     _, evaluated = intercept.quantized_apply(model, plan, training=False)(
         variables, x, mutable=["quant_state"])
-    operands = list(_OPERANDS)  # traced here, returned as outputs
-    _OPERANDS.clear()
+    operands = list(recorded)  # traced here, returned as outputs
+    recorded.clear()
     levels = [level_sets(variables, layer) for layer in ("conv", "fc")]
 
     def loss(params):  # as in the train step, on a different batch

@@ -2,7 +2,6 @@
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -255,27 +254,8 @@ def test_properties(values, config, full_scale):
 
 # -- through the interceptor ---------------------------------------------------------------------
 
-_OPERANDS = []  # (lhs, rhs) as the lax primitives receive them
-
-
-def _record(primitive):
-  def call(lhs, rhs, *args, **kwargs):
-    _OPERANDS.append((lhs, rhs))
-    return primitive(lhs, rhs, *args, **kwargs)
-  return call
-
-
-class ConvDense(nn.Module):
-  @nn.compact
-  def __call__(self, x):  # x: [B, 5, 5, 1]
-    x = nn.relu(nn.Conv(3, (3, 3), name="conv",
-                        conv_general_dilated=_record(jax.lax.conv_general_dilated))(x))
-    return nn.Dense(2, name="fc", dot_general=_record(jax.lax.dot_general))(
-        x.reshape(x.shape[0], -1))
-
-
-def test_through_the_interceptor():
-  model = ConvDense()
+def test_through_the_interceptor(recorded_conv_dense):
+  model, recorded = recorded_conv_dense
   x = jnp.asarray(np.abs(np.random.default_rng(2).normal(size=(4, 5, 5, 1))), jnp.float32)
   layers = intercept.discover_layers(model, x)
   weight = {"name": "pot", "bits": 4, "granularity": "channel"}
@@ -290,11 +270,11 @@ def test_through_the_interceptor():
   @jax.jit
   def run(variables):
     def loss(params):
-      _OPERANDS.clear()
+      recorded.clear()
       out, updates = intercept.quantized_apply(model, plan, training=True)(
           {**variables, "params": params}, x, mutable=["quant_state", "quant_losses"])
-      operands = list(_OPERANDS)
-      _OPERANDS.clear()
+      operands = list(recorded)
+      recorded.clear()
       return jnp.sum(out**2), (operands, updates)
 
     grads, (operands, updates) = jax.grad(loss, has_aux=True)(variables["params"])

@@ -74,6 +74,14 @@ class Quantizer:
     del x, q, params, state, role
     return None
 
+  def storage_stats(self, w: Array, params: Vars, state: Vars) -> dict[str, float]:
+    """Storage figures of a trained weight tensor for reports (bits per weight and the like).
+
+    The default is the code width; index-table quantizers add packed bits and index entropy.
+    """
+    del w, params, state
+    return {"equivalent_bits": float(self.bits)}
+
   def validate_role(self, role: str) -> None:
     """Raises if this config cannot quantize a tensor of `role` (e.g. per-channel activations)."""
     check_choice(type(self).__name__, "role", role, ROLES)

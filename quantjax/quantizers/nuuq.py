@@ -205,6 +205,18 @@ class NUUQ(Quantizer):
     del params, x
     return state["levels"]
 
+  def storage_stats(self, w: Array, params: Vars, state: Vars) -> dict[str, float]:
+    """log2 N, ceil(log2 N) and the index entropy (bits per weight), and the multiplier width."""
+    del params
+    stats = index_stats(w, state)
+    return {
+        "equivalent_bits": float(stats["equivalent_bits"]),
+        "packed_bits": float(stats["packed_bits"]),
+        "entropy_bits": float(stats["entropy_bits"]),
+        "distinct_levels": int(stats["distinct_levels"]),
+        "multiplier_bits": self.multiplier_bits,
+    }
+
   def integer_levels(self, state: Vars) -> tuple[Array, Array]:
     """(grid step `s`, [N] b-bit integer codes) with `levels = s·codes`, for integer export."""
     step = state["grid_step"]

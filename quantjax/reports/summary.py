@@ -10,8 +10,17 @@ from quantjax.intercept import LayerInfo, QuantPlan
 FLOAT_BITS = 32
 
 
-def layer_table(layers: Sequence[LayerInfo], plan: QuantPlan | None) -> list[dict[str, Any]]:
-  """One row per Conv/Dense layer: its quantizers, bits and sizes (float layers at 32 bits)."""
+def _prefixed(tree: dict[str, Any] | None, prefix: str) -> dict[str, Any]:
+  return {k[len(prefix):]: v for k, v in (tree or {}).items() if k.startswith(prefix)}
+
+
+def layer_table(layers: Sequence[LayerInfo], plan: QuantPlan | None,
+                variables: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+  """One row per Conv/Dense layer: its quantizers, bits and sizes (float layers at 32 bits).
+
+  With the trained `variables`, each quantized kernel's storage figures are added (for NUUQ:
+  packed bits and the entropy of its index histogram) as `weight_storage`.
+  """
   rows = []
   for layer in layers:
     lq = plan.get(layer.path) if plan else None
@@ -29,7 +38,21 @@ def layer_table(layers: Sequence[LayerInfo], plan: QuantPlan | None) -> list[dic
         "num_bias": layer.num_bias,
         "weight_size_bits": weight_bits * layer.num_weights,
     })
+    if weight is not None and variables is not None:
+      params = _nested(variables.get("params"), layer.path)
+      state = _nested(variables.get("quant_state"), layer.path)
+      if params and "kernel" in params:
+        rows[-1]["weight_storage"] = weight.storage_stats(
+            params["kernel"], _prefixed(params, "kernel_"), _prefixed(state, "kernel_"))
   return rows
+
+
+def _nested(tree: dict[str, Any] | None, path: str) -> dict[str, Any] | None:
+  for key in path.split("/"):
+    if not isinstance(tree, dict) or key not in tree:
+      return None
+    tree = tree[key]
+  return tree
 
 
 def model_size_bits(rows: Sequence[dict[str, Any]],
@@ -39,7 +62,13 @@ def model_size_bits(rows: Sequence[dict[str, Any]],
   biases = sum(r["num_bias"] for r in rows) * bias_bits
   count = sum(r["num_weights"] + r["num_bias"] for r in rows)
   total = weights + biases
+  extra = {}
+  for key in ("packed_bits", "entropy_bits"):
+    # Weight storage with this figure where a layer reports it, and its code width elsewhere.
+    extra[f"weight_size_{key}"] = sum(
+        r.get("weight_storage", {}).get(key, r["weight_bits"]) * r["num_weights"] for r in rows)
   return {
+      **extra,
       "model_size_bits": total,
       "model_size_kib": total / 8 / 1024,
       "float_size_bits": count * FLOAT_BITS,

@@ -48,9 +48,9 @@ def evaluate_variables(exp: experiment.Experiment, variables: dict[str, Any], sp
 
 
 def make_summary(exp: experiment.Experiment, results: dict[str, dict[str, float]], *,
-                 step: int, **extra) -> dict[str, Any]:
-  """The run summary: accuracy per split, bits per layer and model size."""
-  rows = layer_table(exp.layers, exp.plan)
+                 step: int, variables: dict[str, Any] | None = None, **extra) -> dict[str, Any]:
+  """The run summary: accuracy per split, bits per layer (and storage figures) and model size."""
+  rows = layer_table(exp.layers, exp.plan, jax.device_get(variables) if variables else None)
   return {
       "dataset": exp.config.dataset,
       "model": exp.config.model,

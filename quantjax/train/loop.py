@@ -166,7 +166,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   for split, result in results.items():
     writer.write(total_steps, result, prefix=f"{split}/")
   writer.close()
-  summary = evaluate.make_summary(exp, results, step=total_steps,
+  summary = evaluate.make_summary(exp, results, step=total_steps, variables=state.variables(),
                                   train_seconds=train_seconds, resumed_from=start_step)
   if lead:
     checkpoint.write_json_atomic(os.path.join(workdir, "summary.json"), summary)

@@ -4,6 +4,8 @@
   python eval.py --workdir=runs/default --mode=float --step=500
 """
 
+import sys
+
 from absl import app, flags, logging
 
 import quantjax.train
@@ -23,9 +25,12 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  result = quantjax.train.evaluate_workdir(
-      _WORKDIR.value, split=_SPLIT.value, mode=_MODE.value, step=_STEP.value,
-      batch_size=_BATCH.value, output=_OUTPUT.value)
+  try:
+    result = quantjax.train.evaluate_workdir(
+        _WORKDIR.value, split=_SPLIT.value, mode=_MODE.value, step=_STEP.value,
+        batch_size=_BATCH.value, output=_OUTPUT.value)
+  except ValueError as e:  # bad input: one line, no traceback
+    sys.exit(f"error: {e}")
   print(f"{result['split']} accuracy ({result['mode']}, step {result['step']}): "
         f"{result['accuracy']:.4f} on {result['num_examples']} examples")
 

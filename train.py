@@ -6,6 +6,8 @@
 Resumes from the latest checkpoint in --workdir. See configs/ for the available experiments.
 """
 
+import sys
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -26,7 +28,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
-  summary = quantjax.train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+  try:
+    summary = quantjax.train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+  except ValueError as e:  # bad input: one line, no traceback
+    sys.exit(f"error: {e}")
   print(f"test accuracy: {summary['accuracy']['test']:.4f}  "
         f"(validation {summary['accuracy']['validation']:.4f}; "
         f"model size {summary['model_size_kib']:.1f} KiB; summary: {_WORKDIR.value}/summary.json)")

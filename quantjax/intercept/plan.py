@@ -71,14 +71,15 @@ def _merge(base: Mapping[str, Any] | None, override: Any) -> dict[str, Any] | No
   return {**base, **override}
 
 
-def _build(spec: Mapping[str, Any] | None, role: str, path: str) -> Quantizer | None:
+def _build(spec: Mapping[str, Any] | None, role: str, where: str) -> Quantizer | None:
+  """The quantizer of `spec`; errors say where it came from (a layer or a config field)."""
   try:
     q = quantizers.from_dict(spec)
     if q is not None:
       q.validate_role(role)
     return q
   except ValueError as e:
-    raise ValueError(f"layer {path!r} {role} quantizer: {e}") from None
+    raise ValueError(f"{where}: {e}") from None
 
 
 def resolve(
@@ -128,8 +129,8 @@ def resolve(
   for path in paths:
     if path in specs:
       lq = LayerQuant(
-          weight=_build(specs[path]["weight"], "weight", path),
-          act=_build(specs[path]["act"], "act", path),
+          weight=_build(specs[path]["weight"], "weight", f"layer {path!r} weight quantizer"),
+          act=_build(specs[path]["act"], "act", f"layer {path!r} act quantizer"),
       )
       if lq.weight is not None or lq.act is not None:
         resolved.append((path, lq))
@@ -184,11 +185,12 @@ def check_quant_config(quant_config: Mapping[str, Any] | None) -> None:
   q = _plain(quant_config)
   base = {"weight": q.get("weight"), "act": q.get("act")}
   for role in ("weight", "act"):
-    _build(base[role], role, "(default)")
+    _build(base[role], role, f"quant.{role}")
   for where in ("first_layer", "last_layer"):
     for role, override in (q.get(where) or {}).items():
-      _build(_merge(base.get(role), override), role, f"({where})")
+      _build(_merge(base.get(role), override), role, f"quant.{where}.{role}")
   for rule in q.get("rules", ()) or ():
     for role in ("weight", "act"):
       if rule.get(role, KEEP) not in (None, KEEP):
-        _build(_merge(base[role], rule[role]), role, f"(rule {rule.get('pattern')!r})")
+        _build(_merge(base[role], rule[role]), role,
+               f"quant.rules[{rule.get('pattern')!r}].{role}")

@@ -70,5 +70,5 @@ def test_check_quant_config_fails_fast_without_a_model():
 
   with pytest.raises(ValueError, match="unknown quantizer 'esbb'"):
     check_quant_config({"weight": {"name": "esbb"}, "act": None})
-  with pytest.raises(ValueError, match=r"\(first_layer\).*bits=1 is out of range"):
+  with pytest.raises(ValueError, match=r"quant.first_layer.weight: .*bits=1 is out of range"):
     check_quant_config({"weight": W4, "act": A4, "first_layer": {"weight": {"bits": 1}}})

@@ -23,7 +23,6 @@ import datetime
 import importlib
 import json
 import os
-import platform
 import re
 import shlex
 import statistics
@@ -35,11 +34,11 @@ from typing import Any
 # Run as a script from the repository root: make `configs` importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
 import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from quantjax import quantizers, train  # noqa: E402
+from quantjax.reports.machine import machine  # noqa: E402
 from quantjax.train import checkpoint  # noqa: E402
 
 _QUICK = flags.DEFINE_bool("quick", False, "1 seed, a short schedule and a few rows (minutes).")
@@ -359,16 +358,6 @@ def write_outputs(report: dict[str, Any], out_dir: str) -> None:
 
 
 # -- the program -----------------------------------------------------------------------------------
-
-
-def machine() -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return f"{os.cpu_count()} cores, {cpu}, jax {jax.__version__} on {jax.default_backend()}"
 
 
 def _timed(name: str, seed: str, config, workdir: str) -> dict[str, float]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -21,23 +20,13 @@ import time
 
 from absl import app, flags
 
+from quantjax.reports.machine import machine
+
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run.")
 _OUT = flags.DEFINE_string("out", "results/default_run.md", "Markdown output.")
 _EXTRA = flags.DEFINE_list("overrides", [], "Extra --config.* overrides for both runs.")
 
 RUNS = (("float", "configs/float.py"), ("W4A4", "configs/default.py"))
-
-
-def machine() -> str:
-  import jax
-
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return f"{os.cpu_count()} cores, {cpu}, jax {jax.__version__} on {jax.default_backend()}"
 
 
 def run_one(config: str, seed: str, workdir: str) -> dict:

@@ -85,6 +85,10 @@ class Quantizer:
   def validate_role(self, role: str) -> None:
     """Raises if this config cannot quantize a tensor of `role` (e.g. per-channel activations)."""
     check_choice(type(self).__name__, "role", role, ROLES)
+    if role == "act" and getattr(self, "granularity", "tensor") == "channel":
+      raise ValueError(
+          f"{type(self).__name__}.granularity='channel' is for weights only; activations use "
+          "'tensor' (a per-input-channel scale cannot be factored out of the accumulation)")
 
   def describe(self) -> str:
     """Short human-readable label, e.g. 'uniform4/channel/max'."""

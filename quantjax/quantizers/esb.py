@@ -295,14 +295,6 @@ class ESB(Quantizer):
     sign = "" if self.signed else "u"
     return f"esb{sign}{self.bits}k{self.significant_bits}/{self.granularity}/{self.alpha}"
 
-  def validate_role(self, role: str) -> None:
-    super().validate_role(role)
-    if role == "act" and self.granularity == "channel":
-      raise ValueError(
-          "ESB.granularity='channel' is for weights only; activations use 'tensor' "
-          "(a per-input-channel scale cannot be factored out of the accumulation)"
-      )
-
   def _format(self) -> _Format:
     return _Format(self.mantissa_bits, self.exponent_bits, self.signed, self.estimator,
                    self.alpha == "learned",

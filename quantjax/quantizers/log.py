@@ -203,14 +203,6 @@ class Log(Quantizer):
     base = "" if self.registry_name == "pot" else f"/m{self.base_root}"
     return f"{self.registry_name}{sign}{self.bits}{base}/{self.granularity}/{self.full_scale}"
 
-  def validate_role(self, role: str) -> None:
-    super().validate_role(role)
-    if role == "act" and self.granularity == "channel":
-      raise ValueError(
-          f"{type(self).__name__}.granularity='channel' is for weights only; activations use "
-          "'tensor' (a per-input-channel scale cannot be factored out of the accumulation)"
-      )
-
   def _grid(self) -> _LogGrid:
     return _LogGrid(self.base_root, self.num_exponents, self.signed, self.estimator)
 

@@ -143,14 +143,6 @@ class Uniform(Quantizer):
     sign = "" if self.signed else "u"
     return f"uniform{sign}{self.bits}/{self.granularity}/{self.scale_method}"
 
-  def validate_role(self, role: str) -> None:
-    super().validate_role(role)
-    if role == "act" and self.granularity == "channel":
-      raise ValueError(
-          "Uniform.granularity='channel' is for weights only; activations use 'tensor' "
-          "(a per-input-channel step cannot be factored out of the accumulation)"
-      )
-
   def _grid(self) -> _Grid:
     estimator = "clipped_ste" if self.scale_method == "lsq" else self.estimator
     return _Grid(self.qmin, self.qmax, estimator, self.scale_method == "lsq")

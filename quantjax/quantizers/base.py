@@ -43,6 +43,12 @@ def check_bits(owner: str, field: str, bits: Any, lo: int = MIN_BITS, hi: int = 
     raise ValueError(f"{owner}.{field}={bits!r} is out of range; valid: integers {lo} to {hi}")
 
 
+def check_momentum(owner: str, momentum: float) -> None:
+  """Raises a one-line ValueError unless the moving-average momentum is in [0, 1)."""
+  if not 0.0 <= momentum < 1.0:
+    raise ValueError(f"{owner}.momentum={momentum!r} is out of range; valid: [0, 1)")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Quantizer:
   """Base class of quantizer configs. Subclasses are registered with `@register(name)`."""

@@ -56,14 +56,15 @@ import numpy as np
 
 from quantjax.quantizers import estimators
 from quantjax.quantizers.base import (
-    Array,
-    Quantizer,
-    Vars,
-    channel_reduce_axes,
-    check_bits,
-    check_choice,
-    ema,
-    reduce_to,
+  Array,
+  Quantizer,
+  Vars,
+  channel_reduce_axes,
+  check_bits,
+  check_choice,
+  check_momentum,
+  ema,
+  reduce_to,
 )
 from quantjax.quantizers.registry import register
 
@@ -268,8 +269,7 @@ class ESB(Quantizer):
     check_choice(name, "estimator", self.estimator, estimators.ESTIMATORS)
     if not isinstance(self.kl_bins, int) or self.kl_bins < 2:
       raise ValueError(f"{name}.kl_bins={self.kl_bins!r} is out of range; valid: integers >= 2")
-    if not 0.0 <= self.momentum < 1.0:
-      raise ValueError(f"{name}.momentum={self.momentum!r} is out of range; valid: [0, 1)")
+    check_momentum(name, self.momentum)
 
   # -- the format ----------------------------------------------------------------------------
 

@@ -46,7 +46,15 @@ import jax
 import jax.numpy as jnp
 
 from quantjax.quantizers import estimators, kmeans
-from quantjax.quantizers.base import Array, Quantizer, Vars, check_bits, check_choice, ema
+from quantjax.quantizers.base import (
+  Array,
+  Quantizer,
+  Vars,
+  check_bits,
+  check_choice,
+  check_momentum,
+  ema,
+)
 from quantjax.quantizers.nuuq import snap_to_levels
 from quantjax.quantizers.registry import register
 
@@ -135,8 +143,7 @@ class Liss(Quantizer):
     check_choice(name, "signed", self.signed, (None, True, False))
     check_choice(name, "noise", self.noise, (True, False))
     check_choice(name, "estimator", self.estimator, estimators.ESTIMATORS)
-    if not 0.0 <= self.momentum < 1.0:
-      raise ValueError(f"{name}.momentum={self.momentum!r} is out of range; valid: [0, 1)")
+    check_momentum(name, self.momentum)
     if not isinstance(self.recluster_every, int) or self.recluster_every < 0:
       raise ValueError(f"{name}.recluster_every={self.recluster_every!r} is out of range; valid: "
                        "integers >= 0 (0 = never after init)")

@@ -50,13 +50,14 @@ import jax.numpy as jnp
 
 from quantjax.quantizers import estimators
 from quantjax.quantizers.base import (
-    Array,
-    Quantizer,
-    Vars,
-    channel_reduce_axes,
-    check_bits,
-    check_choice,
-    ema,
+  Array,
+  Quantizer,
+  Vars,
+  channel_reduce_axes,
+  check_bits,
+  check_choice,
+  check_momentum,
+  ema,
 )
 from quantjax.quantizers.registry import register
 
@@ -185,8 +186,7 @@ class Log(Quantizer):
     if not isinstance(self.sqnr_candidates, int) or self.sqnr_candidates < 1:
       raise ValueError(
           f"{name}.sqnr_candidates={self.sqnr_candidates!r} is out of range; valid: integers >= 1")
-    if not 0.0 <= self.momentum < 1.0:
-      raise ValueError(f"{name}.momentum={self.momentum!r} is out of range; valid: [0, 1)")
+    check_momentum(name, self.momentum)
 
   @property
   def num_exponents(self) -> int:

@@ -28,6 +28,7 @@ from quantjax.quantizers.base import (
     channel_reduce_axes,
     check_bits,
     check_choice,
+    check_momentum,
     ema,
     reduce_to,
 )
@@ -126,8 +127,7 @@ class Uniform(Quantizer):
     if self.scale_method == "pow2" and not self.symmetric:
       raise ValueError(
           f"{name}.scale_method='pow2' needs symmetric=True (fixed point has no zero point)")
-    if not 0.0 <= self.momentum < 1.0:
-      raise ValueError(f"{name}.momentum={self.momentum!r} is out of range; valid: [0, 1)")
+    check_momentum(name, self.momentum)
 
   # -- the grid ------------------------------------------------------------------------------
 

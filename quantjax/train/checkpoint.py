@@ -27,6 +27,12 @@ def manager(workdir: str, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(path, options=options)
 
 
+def has_checkpoints(workdir: str) -> bool:
+  """Whether `workdir` holds at least one saved step (without creating anything)."""
+  path = os.path.join(os.path.abspath(workdir), "checkpoints")
+  return os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path))
+
+
 def state_tree(state) -> dict[str, Any]:
   """The saved pytree of a TrainState."""
   return {

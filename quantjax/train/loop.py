@@ -26,17 +26,18 @@ class NaNLossError(RuntimeError):
 
 
 def init_state(exp: experiment.Experiment, config, first_batch: dict[str, Any],
-               steps_per_epoch: int) -> TrainState:
+               steps_per_epoch: int, *, resuming: bool = False) -> TrainState:
   """Initial TrainState; quantizer variables are initialised from `first_batch` and the weights.
 
   With `config.init_from` (a float run's workdir), model weights and BatchNorm statistics come
   from its latest checkpoint, and quantizer variables are then calibrated from those weights.
+  When `resuming`, the workdir's own checkpoint replaces all of it, so init_from is not read.
   """
   images = jnp.asarray(first_batch["image"])
   rngs = {"params": jax.random.key(config.seed), "dropout": jax.random.key(config.seed + 1)}
   init = quantized_init(exp.model, exp.plan)
   variables = dict(init(rngs, images, train=False))
-  if config.get("init_from"):
+  if config.get("init_from") and not resuming:
     pretrained, step = checkpoint.restore_variables(config.init_from)
     logging.info("initialising weights from %s (step %d)", config.init_from, step)
     variables = _load_pretrained(exp, variables, pretrained, rngs, images)
@@ -101,7 +102,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   first = next(ds.train_batches(batch_size=config.batch_size, seed=config.seed,
                                 augment="none"))
-  state = init_state(exp, config, first, steps_per_epoch)
+  state = init_state(exp, config, first, steps_per_epoch,
+                     resuming=checkpoint.has_checkpoints(workdir))
   state = jax.device_put(state, replicated)
   mngr = checkpoint.manager(workdir, max_to_keep=config.get("keep_checkpoints", 3))
   state = checkpoint.restore_into(mngr, state)
@@ -121,6 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   )
   writer = MetricWriter(workdir, tensorboard=config.get("tensorboard", True), enabled=lead)
   progress = Progress(start_step, total_steps)
+  schedule = optimizer.learning_rate_schedule(config, steps_per_epoch)
   put = lambda b: jax.device_put(b, batch_sharding)  # noqa: E731
   batches = data.prefetch(
       ds.train_batches(batch_size=config.batch_size, seed=config.seed, start_step=start_step,
@@ -139,16 +142,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       pending.append(metrics)
       boundary = step % log_every == 0 or step % ckpt_every == 0 or step == total_steps
       if boundary:
-        means = {k: float(np.mean([jax.device_get(m[k]) for m in pending])) for k in pending[0]}
+        fetched = jax.device_get(pending)  # one transfer for the whole interval
+        means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
         if not all(math.isfinite(v) for v in means.values()):
           raise NaNLossError(
               f"loss is {means['loss']} at step {step}; stopped, the last good checkpoint "
               f"({mngr.latest_step()}) is kept in {workdir}")
         pending.clear()
         if step % log_every == 0 or step == total_steps:
-          writer.write(step, {**means, **progress(step),
-                              "learning_rate": optimizer.learning_rate_schedule(
-                                  config, steps_per_epoch)(step)}, prefix="train/")
+          writer.write(step, {**means, **progress(step), "learning_rate": schedule(step)},
+                       prefix="train/")
         if step % ckpt_every == 0 or step == total_steps:
           checkpoint.save(mngr, state)
       if eval_every and step % eval_every == 0 and step != total_steps:
@@ -157,7 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.write(step, result, prefix="validation/")
   finally:
     mngr.wait_until_finished()
-    batches.close() if hasattr(batches, "close") else None
+    batches.close()
   train_seconds = time.perf_counter() - train_start
 
   results = {split: evaluate.evaluate_variables(exp, state.variables(), split,

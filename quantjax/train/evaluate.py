@@ -81,7 +81,7 @@ def evaluate_workdir(workdir: str, *, split: str = "test", mode: str = "fakequan
   if mode not in MODES:
     raise ValueError(f"mode={mode!r} is not valid; choose one of {', '.join(MODES)}")
   config = checkpoint.load_config(workdir)
-  exp = experiment.build(config, quantized=True)
+  exp = experiment.build(config, quantized=True, training=False)
   if split not in ("train", "validation", "test"):
     raise ValueError(f"split={split!r} is not valid; choose one of train, validation, test")
   variables, step = checkpoint.restore_variables(workdir, step)

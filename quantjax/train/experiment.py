@@ -27,8 +27,13 @@ class Experiment:
     return self.dataset.spec.num_classes
 
 
-def build(config: ml_collections.ConfigDict, *, quantized: bool = True) -> Experiment:
-  """Dataset, model, layers and quantization plan; raises ValueError on any bad name or value."""
+def build(config: ml_collections.ConfigDict, *, quantized: bool = True,
+          training: bool = True) -> Experiment:
+  """Dataset, model, layers and quantization plan; raises ValueError on any bad name or value.
+
+  `training=False` (evaluation of a finished workdir) skips the checks of `init_from`, which only
+  training reads.
+  """
   if config.get("mode", "train") not in ("train",):
     raise ValueError(f"mode={config.mode!r} is not valid; choose one of train")
   for name in ("batch_size", "eval_batch_size"):
@@ -36,8 +41,8 @@ def build(config: ml_collections.ConfigDict, *, quantized: bool = True) -> Exper
       raise ValueError(f"{name}={config.get(name)!r} must be a positive integer")
   if config.num_epochs <= 0:
     raise ValueError(f"num_epochs={config.num_epochs!r} must be positive")
-  init_from = config.get("init_from") or ""
-  if config.get("require_init_from") and not init_from:
+  init_from = (config.get("init_from") or "") if training else ""
+  if training and config.get("require_init_from") and not init_from:
     raise ValueError("this config fine-tunes a float checkpoint: set "
                      "--config.init_from=<workdir of a configs/float.py run>")
   if init_from and not os.path.isdir(os.path.join(init_from, "checkpoints")):

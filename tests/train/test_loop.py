@@ -121,3 +121,17 @@ def test_fine_tune_from_float_checkpoint(tiny_config, tmp_path):
   expected = 2 * np.abs(w).mean(axis=(0, 1, 2)) / np.sqrt(7)
   np.testing.assert_allclose(qat_params["conv2"]["kernel_scale"], expected, rtol=1e-5)
   assert summary["quantized"]
+
+
+def test_eval_does_not_need_the_init_from_checkpoint(tiny_config, tmp_path):
+  import shutil
+
+  float_config = tiny_config.copy_and_resolve_references()
+  float_config.quant.enabled = False
+  train_and_evaluate(float_config, str(tmp_path / "float"))
+  tiny_config.init_from = str(tmp_path / "float")
+  tiny_config.require_init_from = True
+  summary = train_and_evaluate(tiny_config, str(tmp_path / "qat"))
+  shutil.rmtree(tmp_path / "float")
+  result = evaluate_workdir(str(tmp_path / "qat"))
+  assert result["accuracy"] == pytest.approx(summary["accuracy"]["test"])

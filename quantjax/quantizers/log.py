@@ -30,10 +30,17 @@ Full-scale exponent `K` (per tensor, or per output channel for weights):
 Weights compute `K` on every call. Activations keep a moving average of the batch's full-scale
 value in 'quant_state' (`max|x|` for 'max', `2^(K*/m)` of the batch's SQNR-best `K*` for 'sqnr',
 updated in training only) and take `K = ceil(m·log2)` of it ('max') or the nearest exponent
-`round(m·log2)` ('sqnr').
+`round(m·log2)` ('sqnr'). The activations' SQNR search runs on an evenly strided subsample of
+`sqnr_sample` values of the batch (its first candidate still from the whole batch's max): the
+search is a statistic smoothed by the moving average, and this keeps its cost flat in batch size.
 
-Wide windows reach below float32's range (PoT with b=8 unsigned spans 2^-254 of full scale): the
-lowest levels then flush to zero, which changes nothing for float32 inputs.
+Nearest-level rounding needs no logarithm: a value's floor exponent is read off its float32 bits
+(binary exponent, and its mantissa compared with the m level mantissas of an octave), and levels
+are built from bits too (`power_of_root`), so fake quantization costs a few integer operations per
+element.
+
+Wide windows reach below float32's normal range (PoT with b=8 unsigned spans 2^-254 of full
+scale): levels below 2^-126 flush to zero, which changes nothing for activations and weights.
 
 Gradient: straight-through ('ste') or clipped straight-through ('clipped_ste': zero beyond the
 full-scale level, and for unsigned below zero); `K` is a statistic and gets no gradient.
@@ -47,6 +54,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from quantjax.quantizers import estimators
 from quantjax.quantizers.base import (
@@ -82,17 +90,40 @@ def num_exponents(bits: int, signed: bool) -> int:
   return 2 ** (bits - 1 if signed else bits) - 1
 
 
+_MANTISSA_BITS = 23  # float32
+_EXPONENT_BIAS = 127
+
+
+def _roots(base_root: int) -> list[float]:
+  """`2^(j/m)` for j = 0..m-1, rounded to float32 (the mantissas of one octave of levels)."""
+  return [float(np.float32(2.0 ** (j / base_root))) for j in range(base_root)]
+
+
+def _octave_and_remainder(k: Array, base_root: int) -> tuple[Array, Array]:
+  """`k = m·octave + remainder`, `0 <= remainder < m`, for int32 k (m a power of two)."""
+  shift = base_root.bit_length() - 1
+  return jnp.right_shift(k, shift), jnp.bitwise_and(k, base_root - 1)
+
+
+def power_of_two(e: Array) -> Array:
+  """Exactly `2^e` in float32 for int32 `e` in [-126, 127], built from its bits; 0 below -126."""
+  biased = jnp.clip(e, -_EXPONENT_BIAS, _EXPONENT_BIAS + 1) + _EXPONENT_BIAS
+  return jax.lax.bitcast_convert_type(jnp.left_shift(biased, _MANTISSA_BITS), jnp.float32)
+
+
 def power_of_root(k: Array, base_root: int, dtype=jnp.float32) -> Array:
   """`2^(k/m)` for integer-valued k: exact powers of two, correctly rounded roots.
 
-  XLA's exp2 is not exact at integers (exp2(-13) is off by 1e-6 relative on CPU), so the integer
-  part goes through ldexp and the fractional part is one of m float64-rounded constants.
+  XLA's exp2 is not exact at integers (exp2(-13) is off by 1e-6 relative on CPU), so the octave
+  is an exact power of two built from its float32 bits and the fractional part is one of m
+  float32-rounded constants. Levels below 2^-126 (float32's smallest normal) are 0.
   """
-  k = jnp.asarray(k)
-  octave = jnp.floor(k / base_root)
-  remainder = (k - octave * base_root).astype(jnp.int32)
-  roots = jnp.asarray([2.0 ** (j / base_root) for j in range(base_root)], dtype)
-  return jnp.ldexp(roots[remainder], octave.astype(jnp.int32))
+  octave, remainder = _octave_and_remainder(jnp.asarray(k).astype(jnp.int32), base_root)
+  roots = _roots(base_root)
+  mantissa = jnp.full(remainder.shape, roots[0], jnp.float32)
+  for j in range(1, base_root):  # m <= 4 constants: selects, cheaper than a gather
+    mantissa = jnp.where(remainder == j, roots[j], mantissa)
+  return (mantissa * power_of_two(octave)).astype(dtype)
 
 
 def exponent_levels(full_scale_exp: Array, grid: _LogGrid) -> Array:
@@ -101,20 +132,40 @@ def exponent_levels(full_scale_exp: Array, grid: _LogGrid) -> Array:
   return power_of_root(k, grid.base_root)
 
 
-def quantize_magnitude(a: Array, full_scale_exp: Array, grid: _LogGrid) -> Array:
-  """Nearest of {0} ∪ {2^(k/m)} to `a >= 0` in the linear domain (no gradient rules)."""
+def floor_exponent(a: Array, base_root: int) -> Array:
+  """The largest k with `2^(k/m) <= a` (levels as `power_of_root` rounds them), for float32 a > 0.
+
+  Read off a's float32 bits, with no logarithm: the octave is a's binary exponent and the
+  remainder counts the level mantissas of that octave not above a's mantissa, so the comparison
+  is exact. Zero and subnormal a give an exponent below every normal level.
+  """
+  bits = jax.lax.bitcast_convert_type(a.astype(jnp.float32), jnp.int32)
+  octave = jnp.right_shift(bits, _MANTISSA_BITS) - _EXPONENT_BIAS
+  mantissa = jnp.bitwise_and(bits, (1 << _MANTISSA_BITS) - 1)
+  k = base_root * octave
+  for root in _roots(base_root)[1:]:
+    root_bits = int(np.float32(root).view(np.int32))
+    k = k + (mantissa >= (root_bits & ((1 << _MANTISSA_BITS) - 1))).astype(jnp.int32)
+  return k
+
+
+def quantize_magnitude(a: Array, full_scale_exp: Array, grid: _LogGrid,
+                       k_floor: Array | None = None) -> Array:
+  """Nearest of {0} ∪ {2^(k/m)} to `a >= 0` in the linear domain (no gradient rules).
+
+  `k_floor` is `floor_exponent(a)`, passed in when several windows quantize the same `a`.
+  """
   m = grid.base_root
-  top = full_scale_exp
+  if k_floor is None:
+    k_floor = floor_exponent(a, m)
+  top = jnp.asarray(full_scale_exp).astype(jnp.int32)
   bottom = top - grid.num_exponents + 1  # smallest exponent; bottom - 1 stands for zero
-  tiny = jnp.finfo(a.dtype).tiny
-  # The floor may be off by one next to a level (log2 rounding); comparing the distances to both
-  # neighbours below makes the result exact anyway.
-  k_lo = jnp.clip(jnp.floor(m * jnp.log2(jnp.maximum(a, tiny))), bottom - 1, top)
+  k_lo = jnp.clip(k_floor, bottom - 1, top)
   k_hi = jnp.minimum(k_lo + 1, top)
   lo = jnp.where(k_lo < bottom, 0.0, power_of_root(k_lo, m, a.dtype)).astype(a.dtype)
   hi = power_of_root(k_hi, m, a.dtype)
   d_lo, d_hi = jnp.abs(a - lo), jnp.abs(hi - a)
-  even_code = jnp.mod(k_hi - bottom + 1, 2) == 0
+  even_code = jnp.bitwise_and(k_hi - bottom + 1, 1) == 0
   return jnp.where((d_hi < d_lo) | ((d_hi == d_lo) & even_code), hi, lo)
 
 
@@ -151,14 +202,31 @@ def max_exponent(max_abs: Array, base_root: int) -> Array:
   return jnp.ceil(base_root * jnp.log2(jnp.maximum(max_abs, tiny)) - _EXPONENT_TOL)
 
 
-def sqnr_exponent(x: Array, axes, grid: _LogGrid, candidates: int) -> Array:
-  """The full-scale exponent maximising SQNR among `candidates` from the max's one downwards."""
-  k_max = max_exponent(jnp.max(jnp.abs(x), axis=axes), grid.base_root)
+def sqnr_exponent(x: Array, axes, grid: _LogGrid, candidates: int,
+                  max_abs: Array | None = None) -> Array:
+  """The full-scale exponent maximising SQNR among `candidates` from the max's one downwards.
+
+  Only the magnitudes matter (an unsigned quantizer's negative inputs cost the same x² for every
+  candidate), and their floor exponents are computed once for all candidates. `max_abs` (default:
+  `x`'s) fixes the first candidate when `x` is a subsample of the tensor.
+  """
+  a = jnp.abs(x) if grid.signed else jnp.maximum(x, 0.0)
+  if max_abs is None:
+    max_abs = jnp.max(jnp.abs(x), axis=axes)
+  k_max = max_exponent(max_abs, grid.base_root)
+  k_floor = floor_exponent(a, grid.base_root)
   errors = jnp.stack([
-      jnp.sum(jnp.square(x - log_quantize_raw(x, k_max - j, grid)), axis=axes)
+      jnp.sum(jnp.square(a - quantize_magnitude(a, k_max - j, grid, k_floor)), axis=axes)
       for j in range(candidates)
   ])  # [candidates] or [candidates, C]; argmin keeps the first (largest K) on ties
   return k_max - jnp.argmin(errors, axis=0).astype(k_max.dtype)
+
+
+def strided_sample(x: Array, size: int) -> Array:
+  """At most about `size` values of `x`, evenly strided over the flattened tensor (0: all)."""
+  flat = jnp.ravel(x)
+  stride = max(1, flat.shape[0] // size) if size > 0 else 1
+  return flat[::stride]
 
 
 @register("log")
@@ -172,6 +240,7 @@ class Log(Quantizer):
   granularity: str = "tensor"  # 'tensor' or 'channel' (weights only: the output-channel axis)
   full_scale: str = "max"  # full-scale exponent: 'max' (no clipping) or 'sqnr' (best SQNR)
   sqnr_candidates: int = 4  # 'sqnr': exponents tried, from the 'max' one downwards
+  sqnr_sample: int = 16384  # 'sqnr' activations: search on a strided subsample this big (0: all)
   estimator: str = "clipped_ste"  # 'ste' or 'clipped_ste' for dQ/dx
   momentum: float = 0.9  # moving average of the activations' full-scale value
 
@@ -186,6 +255,9 @@ class Log(Quantizer):
     if not isinstance(self.sqnr_candidates, int) or self.sqnr_candidates < 1:
       raise ValueError(
           f"{name}.sqnr_candidates={self.sqnr_candidates!r} is out of range; valid: integers >= 1")
+    if not isinstance(self.sqnr_sample, int) or self.sqnr_sample < 0:
+      raise ValueError(
+          f"{name}.sqnr_sample={self.sqnr_sample!r} is out of range; valid: integers >= 0")
     check_momentum(name, self.momentum)
 
   @property
@@ -213,7 +285,11 @@ class Log(Quantizer):
     x = jax.lax.stop_gradient(x).astype(jnp.float32)
     if self.full_scale == "max":
       return jnp.max(jnp.abs(x), axis=axes)
-    return power_of_root(sqnr_exponent(x, axes, self._grid(), self.sqnr_candidates), self.base_root)
+    max_abs = jnp.max(jnp.abs(x), axis=axes)
+    if axes is None:  # a per-tensor statistic (activations): a subsample is enough
+      x = strided_sample(x, self.sqnr_sample)
+    k = sqnr_exponent(x, axes, self._grid(), self.sqnr_candidates, max_abs)
+    return power_of_root(k, self.base_root)
 
   def exponent_from_full_scale(self, full_scale: Array) -> Array:
     """K from a (moving-average) full-scale value: ceil ('max', no clipping) or nearest ('sqnr')."""

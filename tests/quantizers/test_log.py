@@ -100,6 +100,34 @@ def test_nearest_level_in_the_linear_domain():
     np.testing.assert_allclose(np.abs(out - x), best, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("m", [1, 2, 4])
+def test_floor_exponent_from_the_bits_is_exact_at_and_next_to_levels(m):
+  ks = np.arange(-40, 41)
+  levels = np.asarray(log.power_of_root(jnp.asarray(ks), m))
+  # Exact powers of two, and the roots as float32 rounds them.
+  np.testing.assert_array_equal(levels, (2.0 ** (ks / m)).astype(np.float32))
+  below = np.nextafter(levels, np.float32(0))
+  above = np.nextafter(levels, np.float32(np.inf))
+  np.testing.assert_array_equal(log.floor_exponent(jnp.asarray(levels), m), ks)
+  np.testing.assert_array_equal(log.floor_exponent(jnp.asarray(below), m), ks - 1)
+  np.testing.assert_array_equal(log.floor_exponent(jnp.asarray(above), m), ks)
+  # Zero is below every normal level.
+  assert int(log.floor_exponent(jnp.float32(0.0), m)) < -126 * m
+
+
+def test_sqnr_search_of_activations_runs_on_a_strided_subsample():
+  x = jnp.arange(100_000, dtype=jnp.float32)
+  assert log.strided_sample(x, 16384).shape == (16667,)  # stride 6
+  assert log.strided_sample(x, 0).shape == (100_000,)
+  # The subsample's best exponent is the whole batch's when values repeat evenly: the batch
+  # of one 8 and many 0.6 (K* = 2 for PoT b=3) tiled, with the 8 first so the max is kept.
+  batch = jnp.asarray(np.tile(np.concatenate([[8.0], np.full(100, 0.6)]), 400), jnp.float32)
+  full = _q("pot", bits=3, full_scale="sqnr", sqnr_sample=0)
+  sampled = _q("pot", bits=3, full_scale="sqnr", sqnr_sample=4000)
+  assert float(full.batch_full_scale(batch, None)) == 4.0
+  assert float(sampled.batch_full_scale(batch, None)) == 4.0
+
+
 # -- the full-scale exponent ---------------------------------------------------------------------
 
 

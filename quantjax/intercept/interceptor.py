@@ -3,9 +3,11 @@
 For each nn.Conv / nn.Dense in the plan, the interceptor swaps a quantizing
 `conv_general_dilated` / `dot_general` into the module for the duration of its `__call__`: the
 swapped function fake-quantizes its two operands (the input activation and the kernel) and calls
-the `jax.lax` primitive. Quantizer variables are created on the intercepted module itself, so they
-sit beside the kernel in the variable tree: trainable ones in 'params' (`kernel_scale`,
-`input_scale`, ...), running statistics in 'quant_state'.
+the `jax.lax` primitive. A bias quantizer replaces the module's bias `b` in its result by `Q(b)`
+(`y + (Q(b) - b)`: exact up to one float rounding of the sum), and an output quantizer quantizes
+the module's return value. Quantizer variables are created on the intercepted module itself, so
+they sit beside the kernel in the variable tree: trainable ones in 'params' (`kernel_scale`,
+`input_scale`, ...), running statistics in 'quant_state' (`bias_*`, `output_*` likewise).
 
 The interceptor is trace-time Python state, invisible to `jax.jit`'s cache key: enter it *inside*
 the jitted function (`quantized_apply` does), never around a call to an already-jitted function.
@@ -22,18 +24,23 @@ import flax.linen as nn
 import jax
 
 from quantjax.intercept.layers import QUANTIZABLE, module_path
-from quantjax.intercept.plan import QuantPlan
+from quantjax.intercept.plan import TENSOR_ROLE, QuantPlan
 from quantjax.quantizers.base import Quantizer
 
 QUANT_STATE = "quant_state"
 QUANT_LOSSES = "quant_losses"
-_PREFIX = {"weight": "kernel", "act": "input"}
+_PREFIX = {"weight": "kernel", "act": "input", "bias": "bias", "output": "output"}
 
 
-def _quantize_operand(module: nn.Module, quantizer: Quantizer, x: jax.Array, role: str,
+def _quantize_operand(module: nn.Module, quantizer: Quantizer, x: jax.Array, tensor: str,
                       training: bool) -> jax.Array:
-  """Fake-quantizes `x` with the module's own quantizer variables, creating them if missing."""
-  prefix = _PREFIX[role]
+  """Fake-quantizes `x` with the module's own quantizer variables, creating them if missing.
+
+  `tensor` is a LayerQuant field ('weight', 'act', 'bias' or 'output'); it names the variables
+  (`_PREFIX`) and sets the quantizer role (static tensors 'weight', data 'act').
+  """
+  prefix = _PREFIX[tensor]
+  role = TENSOR_ROLE[tensor]
   init = functools.cache(lambda: quantizer.init(jax.lax.stop_gradient(x), role))
   shapes = jax.eval_shape(lambda: quantizer.init(x, role))
   params = {
@@ -82,9 +89,15 @@ def make_interceptor(plan: QuantPlan, *, training: bool) -> Callable:
     original = getattr(module, field)
     object.__setattr__(module, field, quantized_primitive)
     try:
-      return next_fun(*args, **kwargs)
+      y = next_fun(*args, **kwargs)
     finally:
       object.__setattr__(module, field, original)
+    if lq.bias is not None and module.use_bias:
+      bias = module.get_variable("params", "bias")  # [C_out], added along the last axis
+      y = y + (_quantize_operand(module, lq.bias, bias, "bias", training) - bias).astype(y.dtype)
+    if lq.output is not None:
+      y = _quantize_operand(module, lq.output, y, "output", training)
+    return y
 
   return interceptor
 

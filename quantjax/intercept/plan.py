@@ -1,4 +1,4 @@
-"""Per-layer quantization rules resolved into a plan: layer path -> (weight, input) quantizers.
+"""Per-layer quantization rules resolved into a plan: layer path -> its tensors' quantizers.
 
 Rules match module paths with regular expressions (`re.fullmatch`), are applied in order (a later
 rule overrides an earlier one), and the first and last layers (in call order) can have their own
@@ -19,10 +19,26 @@ from quantjax.quantizers.base import Quantizer
 
 @dataclasses.dataclass(frozen=True)
 class LayerQuant:
-  """The quantizers of one layer: its kernel and its input activation (None = float)."""
+  """The quantizers of one layer (None = float).
+
+  `weight` quantizes the kernel and `act` the input activation (both before the matmul/conv);
+  `bias` the bias and `output` the layer's result (after the bias, before the model's activation
+  function: a symmetric sign-preserving quantizer commutes with ReLU, so this is the post-ReLU
+  activation Goyal et al. quantize).
+  """
 
   weight: Quantizer | None = None
   act: Quantizer | None = None
+  bias: Quantizer | None = None
+  output: Quantizer | None = None
+
+  def any(self) -> bool:
+    return any(getattr(self, role) is not None for role in TENSORS)
+
+
+TENSORS = ("weight", "act", "bias", "output")  # LayerQuant fields, in the order configs list them
+# The quantizer role (quantizers.ROLES) of each tensor: static tensors are 'weight', data 'act'.
+TENSOR_ROLE = {"weight": "weight", "act": "act", "bias": "weight", "output": "act"}
 
 
 KEEP = "keep"  # a Rule field left at KEEP does not change that tensor's quantizer
@@ -39,6 +55,8 @@ class Rule:
   pattern: str
   weight: Mapping[str, Any] | None | str = KEEP
   act: Mapping[str, Any] | None | str = KEEP
+  bias: Mapping[str, Any] | None | str = KEEP
+  output: Mapping[str, Any] | None | str = KEEP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +109,8 @@ def resolve(
     first_layer: Mapping[str, Any] | None = None,
     last_layer: Mapping[str, Any] | None = None,
     rules: Sequence[Rule] = (),
+    bias: Mapping[str, Any] | None = None,
+    output: Mapping[str, Any] | None = None,
 ) -> QuantPlan:
   """Builds the plan for `layers` (in call order).
 
@@ -104,35 +124,36 @@ def resolve(
       default.
     last_layer: the same for the last layer.
     rules: further per-path overrides, applied in order.
+    bias: default bias quantizer spec; None (the default) = float.
+    output: default layer-output quantizer spec; None (the default) = float.
 
   Returns:
     The resolved QuantPlan. Raises ValueError naming the bad regex or spec.
   """
   paths = [layer.path for layer in layers]
   specs: dict[str, dict[str, Any]] = {}
+  defaults = {"weight": weight, "act": act, "bias": bias, "output": output}
   for path in _matching(pattern, paths, "quant.layers"):
-    specs[path] = {"weight": weight, "act": act}
+    specs[path] = dict(defaults)
   for override, path in ((first_layer, paths[0]), (last_layer, paths[-1])):
     if override and path in specs:
-      for role in ("weight", "act"):
+      for role in TENSORS:
         if role in override:
           specs[path][role] = _merge(specs[path][role], override[role])
-  defaults = {"weight": weight, "act": act}
   for rule in rules:
     for path in _matching(rule.pattern, paths, "rule"):
       entry = specs.setdefault(path, dict(defaults))
-      for role in ("weight", "act"):
+      for role in TENSORS:
         override = getattr(rule, role)
         if not (isinstance(override, str) and override == KEEP):
           entry[role] = _merge(entry[role] or defaults[role], override)
   resolved = []
   for path in paths:
     if path in specs:
-      lq = LayerQuant(
-          weight=_build(specs[path]["weight"], "weight", f"layer {path!r} weight quantizer"),
-          act=_build(specs[path]["act"], "act", f"layer {path!r} act quantizer"),
-      )
-      if lq.weight is not None or lq.act is not None:
+      lq = LayerQuant(**{
+          role: _build(specs[path][role], TENSOR_ROLE[role], f"layer {path!r} {role} quantizer")
+          for role in TENSORS})
+      if lq.any():
         resolved.append((path, lq))
   return QuantPlan(tuple(resolved))
 
@@ -154,7 +175,7 @@ def plan_from_config(quant_config: Mapping[str, Any] | None,
   if not quant_config or not quant_config.get("enabled", True):
     return QuantPlan()
   q = _plain(quant_config)
-  rules = [Rule(pattern=r["pattern"], weight=r.get("weight", KEEP), act=r.get("act", KEEP))
+  rules = [Rule(pattern=r["pattern"], **{role: r.get(role, KEEP) for role in TENSORS})
            for r in q.get("rules", ()) or ()]
   return resolve(
       layers,
@@ -164,6 +185,8 @@ def plan_from_config(quant_config: Mapping[str, Any] | None,
       first_layer=q.get("first_layer"),
       last_layer=q.get("last_layer"),
       rules=rules,
+      bias=q.get("bias"),
+      output=q.get("output"),
   )
 
 
@@ -183,14 +206,15 @@ def check_quant_config(quant_config: Mapping[str, Any] | None) -> None:
   if not quant_config or not quant_config.get("enabled", True):
     return
   q = _plain(quant_config)
-  base = {"weight": q.get("weight"), "act": q.get("act")}
-  for role in ("weight", "act"):
-    _build(base[role], role, f"quant.{role}")
+  base = {role: q.get(role) for role in TENSORS}
+  for role in TENSORS:
+    _build(base[role], TENSOR_ROLE[role], f"quant.{role}")
   for where in ("first_layer", "last_layer"):
     for role, override in (q.get(where) or {}).items():
-      _build(_merge(base.get(role), override), role, f"quant.{where}.{role}")
+      _build(_merge(base.get(role), override), TENSOR_ROLE.get(role, role),
+             f"quant.{where}.{role}")
   for rule in q.get("rules", ()) or ():
-    for role in ("weight", "act"):
+    for role in TENSORS:
       if rule.get(role, KEEP) not in (None, KEEP):
-        _build(_merge(base[role], rule[role]), role,
+        _build(_merge(base[role], rule[role]), TENSOR_ROLE[role],
                f"quant.rules[{rule.get('pattern')!r}].{role}")

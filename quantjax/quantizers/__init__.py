@@ -3,7 +3,15 @@
 Importing this package registers every built-in quantizer.
 """
 
-from quantjax.quantizers import esb, liss, log, nuuq, pact, uniform  # noqa: F401  (register)
+from quantjax.quantizers import (  # noqa: F401  (register)
+    esb,
+    fixed_point,
+    liss,
+    log,
+    nuuq,
+    pact,
+    uniform,
+)
 from quantjax.quantizers.base import MAX_BITS, MIN_BITS, ROLES, Quantizer
 from quantjax.quantizers.registry import from_dict, get, names, register
 

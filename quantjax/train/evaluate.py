@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from quantjax import data
+from quantjax import cost, data
 from quantjax.intercept import QUANT_STATE, QuantPlan
 from quantjax.reports import layer_table, model_size_bits
 from quantjax.train import checkpoint, experiment, sharding, steps
@@ -49,7 +49,11 @@ def evaluate_variables(exp: experiment.Experiment, variables: dict[str, Any], sp
 
 def make_summary(exp: experiment.Experiment, results: dict[str, dict[str, float]], *,
                  step: int, variables: dict[str, Any] | None = None, **extra) -> dict[str, Any]:
-  """The run summary: accuracy per split, bits per layer (and storage figures) and model size."""
+  """The run summary: accuracy per split, bits per layer, model size and hardware cost.
+
+  `cost` is `quantjax.cost.cost_report` of the plan: memory, multiplication cost, BOPs and packed
+  parameter bytes, absolute and as a reduction against all-8-bit.
+  """
   rows = layer_table(exp.layers, exp.plan, jax.device_get(variables) if variables else None)
   return {
       "dataset": exp.config.dataset,
@@ -61,6 +65,7 @@ def make_summary(exp: experiment.Experiment, results: dict[str, dict[str, float]
       "num_examples": {split: r["num_examples"] for split, r in results.items()},
       "layers": rows,
       **model_size_bits(rows),
+      "cost": cost.cost_report(exp.layers, exp.plan),
       **extra,
   }
 

@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quantjax.quantizers import estimators
+from quantjax.quantizers import estimators, floatbits
 from quantjax.quantizers.base import (
   Array,
   Quantizer,
@@ -137,12 +137,13 @@ def quantize_unit(u: Array, fmt: _Format) -> Array:
   if not fmt.signed:
     u = jnp.maximum(u, 0.0)
   n = 2**fmt.exponent_bits - 2
-  # frexp gives floor(log2|u|) = exponent - 1 exactly (log2 can be off by one at powers of two).
-  _, exponent = jnp.frexp(u)
-  e = jnp.clip(exponent - 1, 0, n)
-  step = jnp.ldexp(jnp.ones_like(u), e - fmt.mantissa_bits)
+  # floor(log2|u|) read off the float32 bits: exact (log2 can be off by one at powers of two).
+  exponent, _ = floatbits.split(jnp.abs(u))
+  e = jnp.clip(exponent, 0, n)
+  step = floatbits.power_of_two(e - fmt.mantissa_bits).astype(u.dtype)
+  inverse = floatbits.power_of_two(fmt.mantissa_bits - e).astype(u.dtype)  # exact: powers of 2
   top = _top_level(fmt, u.dtype)
-  return jnp.clip(step * jnp.round(u / step), -top, top)
+  return jnp.clip(step * jnp.round(u * inverse), -top, top)
 
 
 def _top_level(fmt: _Format, dtype) -> float:

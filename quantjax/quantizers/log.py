@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quantjax.quantizers import estimators
+from quantjax.quantizers import estimators, floatbits
 from quantjax.quantizers.base import (
   Array,
   Quantizer,
@@ -90,10 +90,6 @@ def num_exponents(bits: int, signed: bool) -> int:
   return 2 ** (bits - 1 if signed else bits) - 1
 
 
-_MANTISSA_BITS = 23  # float32
-_EXPONENT_BIAS = 127
-
-
 def _roots(base_root: int) -> list[float]:
   """`2^(j/m)` for j = 0..m-1, rounded to float32 (the mantissas of one octave of levels)."""
   return [float(np.float32(2.0 ** (j / base_root))) for j in range(base_root)]
@@ -103,12 +99,6 @@ def _octave_and_remainder(k: Array, base_root: int) -> tuple[Array, Array]:
   """`k = m·octave + remainder`, `0 <= remainder < m`, for int32 k (m a power of two)."""
   shift = base_root.bit_length() - 1
   return jnp.right_shift(k, shift), jnp.bitwise_and(k, base_root - 1)
-
-
-def power_of_two(e: Array) -> Array:
-  """Exactly `2^e` in float32 for int32 `e` in [-126, 127], built from its bits; 0 below -126."""
-  biased = jnp.clip(e, -_EXPONENT_BIAS, _EXPONENT_BIAS + 1) + _EXPONENT_BIAS
-  return jax.lax.bitcast_convert_type(jnp.left_shift(biased, _MANTISSA_BITS), jnp.float32)
 
 
 def power_of_root(k: Array, base_root: int, dtype=jnp.float32) -> Array:
@@ -123,7 +113,7 @@ def power_of_root(k: Array, base_root: int, dtype=jnp.float32) -> Array:
   mantissa = jnp.full(remainder.shape, roots[0], jnp.float32)
   for j in range(1, base_root):  # m <= 4 constants: selects, cheaper than a gather
     mantissa = jnp.where(remainder == j, roots[j], mantissa)
-  return (mantissa * power_of_two(octave)).astype(dtype)
+  return (mantissa * floatbits.power_of_two(octave)).astype(dtype)
 
 
 def exponent_levels(full_scale_exp: Array, grid: _LogGrid) -> Array:
@@ -139,13 +129,10 @@ def floor_exponent(a: Array, base_root: int) -> Array:
   remainder counts the level mantissas of that octave not above a's mantissa, so the comparison
   is exact. Zero and subnormal a give an exponent below every normal level.
   """
-  bits = jax.lax.bitcast_convert_type(a.astype(jnp.float32), jnp.int32)
-  octave = jnp.right_shift(bits, _MANTISSA_BITS) - _EXPONENT_BIAS
-  mantissa = jnp.bitwise_and(bits, (1 << _MANTISSA_BITS) - 1)
+  octave, mantissa = floatbits.split(a)
   k = base_root * octave
   for root in _roots(base_root)[1:]:
-    root_bits = int(np.float32(root).view(np.int32))
-    k = k + (mantissa >= (root_bits & ((1 << _MANTISSA_BITS) - 1))).astype(jnp.int32)
+    k = k + (mantissa >= floatbits.mantissa_of(root)).astype(jnp.int32)
   return k
 
 

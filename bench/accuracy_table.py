@@ -12,7 +12,8 @@ fc3's input); conv1 and fc3 keep 8-bit uniform weights in every row. Runs are ke
 
 Writes <out_dir>/accuracy.md (test accuracy mean ± sd over seeds, the difference to float on the
 same seed, equivalent weight bits, memory, and the issue's checks as PASS/FAIL computed from these
-numbers), <out_dir>/accuracy.json (every per-seed number) and <out_dir>/pareto.png; --quick
+numbers), <out_dir>/accuracy.json (every per-seed number), <out_dir>/pareto.png and
+<out_dir>/levels_<method>.png (a trained layer's weight histogram with its levels); --quick
 writes to <out_dir>/quick/ unless --out_dir is given, so it never replaces the full table.
 """
 
@@ -50,11 +51,17 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", os.path.join(tempfile.gettempdir(), "quantjax_accuracy_table"),
     "Runs are kept here (one folder per schedule, seed and row) so the sweep can resume.")
 _ONLY = flags.DEFINE_string("only", "", "Regex (re.search) over row names, e.g. 'esb|nuuq/N3'.")
+_LEVELS_LAYER = flags.DEFINE_string(
+    "levels_layer", "fc1", "Layer whose weights and levels <out_dir>/levels_<method>.png show "
+    "(first seed, each method's LEVEL_ROWS run); '' writes none.")
 
 # The config each method's rows start from.
 METHOD_CONFIGS = {"uniform": "uniform_w4a4", "pact": "pact", "pot": "pot", "log": "log",
                   "esb": "esb", "nuuq": "nuuq", "liss": "liss"}
 QUICK_ROWS = ("uniform/W4A4", "pot/W4A4", "esb/W4A4-k2", "nuuq/N4", "nuuq/N3", "liss/W4A4")
+# The run of each method whose trained levels results/levels_<method>.png shows.
+LEVEL_ROWS = ("uniform/W4A4", "pact/W4A4", "pot/W4A4", "log/W4A4", "esb/W4A4-k2", "nuuq/N4",
+              "liss/W4A4")
 QUICK_EPOCHS = {"float": 8.0, "fine_tune": 2.0}  # instead of the configs' 80 and 20
 TOLERANCE = 1e-9  # accuracies are multiples of 0.1 points on 1,000 digits: compare exactly
 
@@ -357,6 +364,22 @@ def write_outputs(report: dict[str, Any], out_dir: str) -> None:
   plot_pareto(report, os.path.join(out_dir, "pareto.png"))
 
 
+def write_level_figures(workdirs: dict[str, str], layer: str, out_dir: str) -> list[str]:
+  """levels_<method>.png: `layer`'s trained weights and levels, for each run in `workdirs`."""
+  from quantjax.reports import levels  # matplotlib only when figures are written
+
+  written = []
+  for name, workdir in workdirs.items():
+    result = levels.layer_levels(workdir, layer)
+    path = os.path.join(out_dir, f"levels_{name.split('/')[0]}.png")
+    levels.plot_levels(result, path, title=(
+        f"{name}: {result.layer}" + ("" if result.channel is None else
+                                      f" channel {result.channel}") +
+        f", {result.quantizer}, {len(result.levels)} levels"))
+    written.append(path)
+  return written
+
+
 # -- the program -----------------------------------------------------------------------------------
 
 
@@ -406,6 +429,12 @@ def main(argv):
   if quick and not flags.FLAGS["out_dir"].present:
     out_dir = os.path.join(out_dir, "quick")
   write_outputs(report, out_dir)
+  if _LEVELS_LAYER.value:
+    first = os.path.join(root, f"seed{seeds[0]}")
+    runs = {name: os.path.join(first, name.replace("/", "_")) for name in LEVEL_ROWS
+            if any(r.name == name for r in rows) and seeds[0] in results.get(name, {})}
+    for path in write_level_figures(runs, _LEVELS_LAYER.value, out_dir):
+      print(f"wrote {path}")
   print(markdown(report))
   # Not in the report: runs read back from --workdir take no time here.
   print(f"wrote {out_dir}/accuracy.md, accuracy.json, pareto.png; this invocation took "

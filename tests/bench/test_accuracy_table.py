@@ -239,3 +239,10 @@ def test_quick_reports_say_so():
   report["quick"] = True
   assert "QUICK" in table.markdown(report).splitlines()[0]
   assert all(c["status"] == "SKIP" for c in report["checks"])
+
+
+def test_every_level_figure_row_is_in_the_sweep_one_per_method():
+  names = {row.name: row.method for row in table.sweep()}
+  assert set(table.LEVEL_ROWS) <= set(names)
+  methods = [names[n] for n in table.LEVEL_ROWS]
+  assert sorted(methods) == sorted(set(table.METHOD_CONFIGS))  # one figure per method

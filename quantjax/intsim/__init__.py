@@ -1,0 +1,6 @@
+"""Integer emulation of a fixed-point accelerator running an exported graph (jax.lax ints)."""
+
+from quantjax.intsim.accelerator import Accelerator
+from quantjax.intsim.emulator import Emulator, decode_weight
+
+__all__ = ["Accelerator", "Emulator", "decode_weight"]

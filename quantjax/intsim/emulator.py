@@ -1,0 +1,283 @@
+"""Runs an exported integer graph with jax.lax integer ops, as a fixed-point accelerator would.
+
+Every node's arithmetic is integer (see quantjax.export.graph for the node semantics). The MAC of
+a conv/dense layer is exact: the operands are the decoded integer values (int8 where they fit,
+else int16/int32) with `preferred_element_type=int32`, an int64 path where the bound
+`K·max|a|·max|w|` reaches 2^31, or float32 where that bound is below 2^24 (`Accelerator.mac`).
+The accumulator model (width, saturate or wrap, overflow count) and the requantization (int64
+`r·m + o`, right shift with the run's rounding mode, or integer thresholds) follow; requantization
+runs in int64 (jax x64 is enabled inside the emulator only).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from quantjax.export import codes as codes_lib
+from quantjax.export.graph import Graph
+from quantjax.intsim.accelerator import Accelerator
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def decode_weight(graph: Graph, node: dict[str, Any]) -> np.ndarray:
+  """The integer weight values (int64, kernel shape) from a layer's stored fields."""
+  t = graph.tensors
+  w = node["weight"]
+  shape = tuple(node["kernel_shape"])
+  field = lambda name: t[f"{node['out']}.w.{name}"].reshape(-1)  # noqa: E731
+  family, meta = w["family"], w["meta"]
+  if family in ("uniform", "fixed_point"):
+    v = field("codes")
+  elif family in ("nuuq", "liss"):
+    v = field("table")[field("index")]
+  elif family == "esb":
+    neg = field("sign") == 1
+    if meta.get("mid_rise"):
+      mag = 2 * field("mantissa") + 1
+    else:
+      mag = codes_lib.esb_decode(field("exponent"), field("mantissa"), meta["mantissa_bits"])
+    v = np.where(neg, -mag, mag)
+  elif family in ("pot", "log"):
+    code = field("exponent")
+    mag = np.where(code > 0, np.left_shift(1, np.maximum(code - 1, 0)), 0)
+    v = np.where(field("sign") == 1, -mag, mag)
+  else:
+    raise ValueError(f"unknown weight family {family!r} in layer {node.get('name')!r}")
+  return np.asarray(v, np.int64).reshape(shape)
+
+
+def _small_dtype(lo: int, hi: int):
+  for dt in (jnp.int8, jnp.int16, jnp.int32):
+    info = jnp.iinfo(dt)
+    if info.min <= lo and hi <= info.max:
+      return dt
+  return jnp.int64
+
+
+def value_ranges(graph: Graph) -> dict[str, tuple[int, int]]:
+  """The [min, max] integer value each tensor can hold, from the code widths alone."""
+  ranges: dict[str, tuple[int, int]] = {}
+  t = graph.tensors
+  for n in graph.nodes:
+    op = n["op"]
+    if op == "input":
+      mul, off = t[f"{n['out']}.mul"], t[f"{n['out']}.offset"]
+      ranges[n["out"]] = (int(np.min(-off)), int(np.max(255 * mul - off)))
+    elif op in ("conv", "dense"):
+      ranges[n["out"]] = (-(2**31), 2**31 - 1)
+    elif op == "requant":
+      if n["kind"] == "dyadic":
+        ranges[n["out"]] = (int(n["qmin"]), int(n["qmax"]))
+      else:
+        ranges[n["out"]] = (0, int(n["num_levels"]) - 1)
+    elif op == "sumpool":
+      lo, hi = ranges[n["in"]]
+      ranges[n["out"]] = (lo * n["count"], hi * n["count"])
+    elif op == "add":
+      ranges[n["out"]] = (-(2**31), 2**31 - 1)
+    else:
+      ranges[n["out"]] = ranges[n["in"]]
+  return ranges
+
+
+def decoded_range(graph: Graph, node: dict[str, Any], ranges) -> tuple[int, int]:
+  """The integer values a node reads after decoding its input's codes."""
+  decode = node.get("decode")
+  if decode is None:
+    return ranges[node["in"]]
+  if "table" in decode:
+    table = graph.tensors[decode["table"]]
+    return int(table.min()), int(table.max())
+  lo, hi = ranges[node["in"]]
+  return lo - decode["zero_point"], hi - decode["zero_point"]
+
+
+def mac_bound(graph: Graph, node: dict[str, Any], ranges, weights: np.ndarray) -> int:
+  """max |Σ a·w| over all inputs the code widths allow: K·max|a|·max|w| (per output channel)."""
+  lo, hi = decoded_range(graph, node, ranges)
+  amax = max(abs(lo), abs(hi))
+  per_channel = np.sum(np.abs(weights.reshape(-1, weights.shape[-1])), axis=0)
+  return int(np.max(per_channel)) * amax
+
+
+class Emulator:
+  """A jitted integer run of `graph` on uint8 images under one `Accelerator` model."""
+
+  def __init__(self, graph: Graph, accel: Accelerator | None = None):
+    self.graph = graph
+    self.accel = accel or Accelerator()
+    self.ranges = value_ranges(graph)
+    self.plan: dict[str, dict[str, Any]] = {}
+    consts: dict[str, Any] = {}
+    with jax.enable_x64(True):
+      for n in graph.nodes:
+        out = n["out"]
+        if n["op"] in ("conv", "dense"):
+          w = decode_weight(graph, n)
+          bound = mac_bound(graph, n, self.ranges, w)
+          lo, hi = decoded_range(graph, n, self.ranges)
+          path = self._mac_path(bound)
+          self.plan[out] = {"bound": bound, "path": path}
+          if path == "f32":
+            consts[f"{out}.w"] = jnp.asarray(w, jnp.float32)
+          elif path == "int":
+            dt = jnp.promote_types(_small_dtype(int(w.min()), int(w.max())),
+                                   _small_dtype(lo, hi))
+            self.plan[out]["dtype"] = str(dt)
+            consts[f"{out}.w"] = jnp.asarray(w, dt)
+          else:
+            consts[f"{out}.w"] = jnp.asarray(w, jnp.int64)
+      for name, arr in graph.tensors.items():
+        if ".w." in name:
+          continue
+        if ".thresholds." in name and not name.endswith(self.accel.rounding):
+          continue
+        consts[name] = jnp.asarray(arr, jnp.int64)
+    self.consts = consts
+    self._run = jax.jit(functools.partial(_run, graph=_Static(graph), plan=_Static(self.plan),
+                                          accel=self.accel))
+
+  def _mac_path(self, bound: int) -> str:
+    if self.accel.mac in ("auto", "f32") and bound < 2**24:
+      return "f32"
+    return "int" if bound < 2**31 else "i64"
+
+  def __call__(self, images: np.ndarray) -> tuple[np.ndarray, dict[str, dict[str, int]]]:
+    """(int logits [B, classes] or output codes, per-layer {'overflows', 'max_abs'})."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+      raise ValueError(f"the integer graph takes uint8 images; got {images.dtype}")
+    with jax.enable_x64(True):
+      out, stats = self._run(self.consts, jnp.asarray(images))
+      return np.asarray(out), jax.tree_util.tree_map(lambda a: int(a), jax.device_get(stats))
+
+  def run_jax(self, images):
+    """The jitted call without host transfers (for benchmarks); call inside jax.enable_x64."""
+    return self._run(self.consts, images)
+
+
+class _Static:
+  """Hashable-by-identity wrapper, so the graph can be a static argument of jit."""
+
+  def __init__(self, value):
+    self.value = value
+
+  def __hash__(self):
+    return id(self.value)
+
+  def __eq__(self, other):
+    return isinstance(other, _Static) and other.value is self.value
+
+
+def _decode(x, decode, consts):
+  if decode is None:
+    return x
+  if "table" in decode:
+    return jnp.take(consts[decode["table"]], x.astype(jnp.int32), axis=0)
+  return x - decode["zero_point"]
+
+
+def _round_shift(t, shift, rounding: str):
+  """`t / 2^shift` rounded: half_up (ties toward +inf), half_even, or floor (int64)."""
+  q = jnp.right_shift(t, shift)
+  if rounding == "floor":
+    return q
+  rem = t - jnp.left_shift(q, shift)
+  half = jnp.where(shift > 0, jnp.left_shift(jnp.int64(1), jnp.maximum(shift - 1, 0)), 0)
+  positive = shift > 0
+  up = positive & (rem > half)
+  tie = positive & (rem == half)
+  if rounding == "half_up":
+    up = up | tie
+  else:
+    up = up | (tie & ((q & 1) == 1))
+  return q + up.astype(jnp.int64)
+
+
+def _accumulate(s, accel: Accelerator):
+  """The accumulator model on exact int64 sums: (stored value, overflow count, max |s|)."""
+  lo, hi = -(2 ** (accel.acc_bits - 1)), 2 ** (accel.acc_bits - 1) - 1
+  over = jnp.sum((s < lo) | (s > hi))
+  max_abs = jnp.max(jnp.abs(s))
+  if accel.overflow == "saturate":
+    stored = jnp.clip(s, lo, hi)
+  else:
+    span = jnp.int64(2**accel.acc_bits)
+    stored = jnp.mod(s - lo, span) + lo
+  return stored.astype(jnp.int32), over, max_abs
+
+
+def _mac(x, w, node, path, dtype):
+  if path == "f32":
+    a, w_ = x.astype(jnp.float32), w
+    pref = None
+  elif path == "int":
+    a, w_ = x.astype(dtype), w
+    pref = jnp.int32
+  else:
+    a, w_ = x.astype(jnp.int64), w
+    pref = jnp.int64
+  if node["op"] == "conv":
+    y = jax.lax.conv_general_dilated(
+        a, w_, tuple(node["strides"]), [tuple(p) for p in node["padding"]],
+        dimension_numbers=_DN, preferred_element_type=pref)
+  else:
+    y = jax.lax.dot_general(a, w_, (((a.ndim - 1,), (0,)), ((), ())),
+                            preferred_element_type=pref)
+  return y.astype(jnp.int64)
+
+
+def _run(consts, images, *, graph, plan, accel: Accelerator):
+  graph, plan = graph.value, plan.value
+  env: dict[str, Any] = {}
+  stats: dict[str, dict[str, Any]] = {}
+  for n in graph.nodes:
+    op, out = n["op"], n["out"]
+    c = lambda field, out=out: consts[f"{out}.{field}"]  # noqa: E731
+    if op == "input":
+      env[out] = images.astype(jnp.int32) * c("mul").astype(jnp.int32) - c("offset").astype(
+          jnp.int32)
+    elif op in ("conv", "dense"):
+      x = _decode(env[n["in"]], n["decode"], consts)
+      p = plan[out]
+      y = _mac(x, c("w"), n, p["path"], p.get("dtype"))
+      s = y * c("sign") + c("bias")
+      env[out], over, max_abs = _accumulate(s, accel)
+      stats[n["name"]] = {"overflows": over, "max_abs": max_abs}
+    elif op == "relu":
+      env[out] = jnp.maximum(env[n["in"]], n["zero"])
+    elif op == "maxpool":
+      x = env[n["in"]]
+      if n["window"] is None:
+        env[out] = jnp.max(x, axis=(1, 2))
+      else:
+        env[out] = jax.lax.reduce_window(
+            x, jnp.array(jnp.iinfo(x.dtype).min, x.dtype), jax.lax.max, (1, *n["window"], 1), (1, *n["strides"], 1),
+            "VALID")
+    elif op == "sumpool":
+      env[out] = jnp.sum(env[n["in"]].astype(jnp.int64), axis=(1, 2))
+    elif op == "flatten":
+      x = env[n["in"]]
+      env[out] = x.reshape(x.shape[0], -1)
+    elif op == "requant":
+      r = _decode(env[n["in"]], n["decode"], consts).astype(jnp.int64) * c("sign")
+      if n["kind"] == "dyadic":
+        q = _round_shift(r * c("m") + c("offset"), c("shift"), accel.rounding)
+        env[out] = jnp.clip(q + n["zero_point"], n["qmin"], n["qmax"]).astype(jnp.int32)
+      else:
+        th = c(f"thresholds.{accel.rounding}")  # [C, J]
+        env[out] = jnp.sum(r[..., None] >= th, axis=-1).astype(jnp.int32)
+    elif op == "add":
+      b = _round_shift(env[n["b"]].astype(jnp.int64) * c("m"), c("shift"), accel.rounding)
+      s = env[n["a"]].astype(jnp.int64) + b
+      env[out], over, max_abs = _accumulate(s, accel)
+      stats[out] = {"overflows": over, "max_abs": max_abs}
+    else:
+      raise ValueError(f"unknown op {op!r} in the integer graph")
+  return env[graph.meta["output"]], stats

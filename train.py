@@ -2,6 +2,9 @@
 
   python train.py --config=configs/default.py --workdir=runs/default
   python train.py --config=configs/default.py --workdir=runs/w3 --config.quant.weight.bits=3
+  python train.py --config=configs/ptq_mxqn.py --config.init_from=runs/float --workdir=runs/mxqn
+
+`config.mode` picks gradient training ('train') or post-training quantization ('ptq').
 
 Resumes from the latest checkpoint in --workdir. See configs/ for the available experiments.
 """
@@ -12,6 +15,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+import quantjax.ptq
 import quantjax.train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summary.")
@@ -29,7 +33,11 @@ def main(argv):
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   try:
-    summary = quantjax.train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+    config = flags.FLAGS.config
+    if config.get("mode", "train") == "ptq":
+      summary = quantjax.ptq.run(config, _WORKDIR.value)
+    else:
+      summary = quantjax.train.train_and_evaluate(config, _WORKDIR.value)
   except ValueError as e:  # bad input: one line, no traceback
     sys.exit(f"error: {e}")
   print(f"test accuracy: {summary['accuracy']['test']:.4f}  "

@@ -13,7 +13,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.mode = "train"  # 'train' (float or quantization-aware training)
+  config.mode = "train"  # 'train' (float or quantization-aware training) | 'ptq' (post-training)
   # Data.
   config.dataset = "mnist5k"  # 'mnist5k' (embedded, offline) or any tfds name, e.g. 'cifar10'
   config.data_dir = ""  # tfds data_dir; '' = tfds default (~/tensorflow_datasets)

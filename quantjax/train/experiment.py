@@ -13,6 +13,8 @@ from quantjax import data, models
 from quantjax.intercept import LayerInfo, QuantPlan, discover_layers, plan_from_config, sample_input
 from quantjax.intercept.plan import check_quant_config
 
+MODES = ("train", "ptq")  # gradient training (float or QAT) | post-training quantization
+
 
 @dataclasses.dataclass
 class Experiment:
@@ -34,8 +36,8 @@ def build(config: ml_collections.ConfigDict, *, quantized: bool = True,
   `training=False` (evaluation of a finished workdir) skips the checks of `init_from`, which only
   training reads.
   """
-  if config.get("mode", "train") not in ("train",):
-    raise ValueError(f"mode={config.mode!r} is not valid; choose one of train")
+  if config.get("mode", "train") not in MODES:
+    raise ValueError(f"mode={config.mode!r} is not valid; choose one of {', '.join(MODES)}")
   for name in ("batch_size", "eval_batch_size"):
     if int(config.get(name, 1)) < 1:
       raise ValueError(f"{name}={config.get(name)!r} must be a positive integer")

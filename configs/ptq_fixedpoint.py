@@ -1,0 +1,32 @@
+"""Goyal et al.'s layer-wise fixed-point post-training search (METHODS.md §4) on a float run.
+
+  python train.py --config=configs/ptq_fixedpoint.py --config.init_from=runs/float \
+    --workdir=runs/fxp
+  python train.py --config=configs/ptq_fixedpoint.py --config.model=sequential \
+    --config.init_from=runs/float_sequential --workdir=runs/fxp_sequential
+
+No training: the weights, biases and post-ReLU activations of every Conv/Dense layer get their own
+Qm.n format, searched on the validation split (budget T = 0.5 %). On mnist5k it keeps the
+relative test-accuracy loss within about 1 % at well over 50 % less memory and 70 % less
+multiplication cost than all-8-bit (results/ptq.md has the measured figures).
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.mode = "ptq"  # post-training: quantjax.ptq.run instead of gradient training
+  config.init_from = ""  # the float run to quantize (required)
+  config.quant.enabled = False  # the input network is float; the search writes the result's quant
+  config.ptq = ml_collections.ConfigDict()
+  config.ptq.method = "fixedpoint"  # 'fixedpoint' (Goyal et al.) | 'mxqn'
+  config.ptq.calibration_batches = 4  # validation batches whose outputs set the starting F
+  config.ptq.calibration_batch_size = 125  # images per calibration batch
+  config.ptq.threshold = 0.005  # T: relative accuracy drop the budget schedule builds on
+  config.ptq.tradeoff = 0.0015  # relative gain that pays for a wider neighbourhood point
+  config.ptq.start_bits = ml_collections.ConfigDict(
+      dict(weight=12, bias=8, output=12))  # start widths (+4 and retry if already over budget)
+  return config

@@ -1,0 +1,253 @@
+"""`run(config, workdir)`: a post-training method from a float checkpoint to a quantized workdir.
+
+`python train.py --config=configs/ptq_fixedpoint.py --config.init_from=runs/float --workdir=...`
+(`config.mode = 'ptq'`) lands here. Nothing is trained: the float weights of `init_from` are
+calibrated and searched on the **validation** split, and the result is written as an ordinary
+workdir that `eval.py` evaluates like any other:
+
+- `config.json`: the input config with `quant` replaced by the chosen per-layer quantizers (one
+  rule per layer);
+- `checkpoints/0`: the float weights plus the quantizer variables;
+- `summary.json`: validation and test accuracy (the test split is read only here), bits per
+  layer, the cost model, and the method's own figures under `ptq`;
+- `ptq_report.md` / `ptq_report.json`: the method's per-layer table.
+
+A workdir that already holds a finished PTQ run is not redone: its summary is returned.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import traverse_util
+
+from quantjax.intercept import QUANT_STATE, quantized_apply
+from quantjax.ptq import calibration, fixedpoint, mxqn
+from quantjax.ptq.evaluator import Evaluator
+from quantjax.train import checkpoint, evaluate, experiment, sharding
+
+METHODS = ("fixedpoint", "mxqn")
+REPORT = "ptq_report"
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises a one-line ValueError for a bad `ptq` block or a missing `init_from`."""
+  ptq = config.get("ptq")
+  if ptq is None:
+    raise ValueError("mode='ptq' needs a `ptq` block: use configs/ptq_fixedpoint.py or "
+                     "configs/ptq_mxqn.py")
+  if ptq.method not in METHODS:
+    raise ValueError(f"ptq.method={ptq.method!r} is not valid; choose one of {', '.join(METHODS)}")
+  if not config.get("init_from"):
+    raise ValueError("post-training quantization starts from a float checkpoint: set "
+                     "--config.init_from=<workdir of a configs/float.py run>")
+  if not os.path.isdir(os.path.join(config.init_from, "checkpoints")):
+    raise ValueError(f"init_from={config.init_from!r} holds no checkpoints (expected "
+                     f"{os.path.join(config.init_from, 'checkpoints')})")
+  for name in ("calibration_batches", "calibration_batch_size"):
+    if int(ptq.get(name, 1)) < 1:
+      raise ValueError(f"ptq.{name}={ptq.get(name)!r} must be a positive integer")
+  if ptq.method == "fixedpoint":
+    if not 0.0 < ptq.threshold < 1.0:
+      raise ValueError(f"ptq.threshold={ptq.threshold!r} is out of range; valid: (0, 1)")
+    if not 0.0 <= ptq.tradeoff < 1.0:
+      raise ValueError(f"ptq.tradeoff={ptq.tradeoff!r} is out of range; valid: [0, 1)")
+    for k in fixedpoint.COMPONENTS:
+      b = ptq.start_bits[k]
+      if not isinstance(b, int) or not fixedpoint.MIN_BITS <= b <= fixedpoint.MAX_BITS:
+        raise ValueError(f"ptq.start_bits.{k}={b!r} is out of range; valid: integers "
+                         f"{fixedpoint.MIN_BITS} to {fixedpoint.MAX_BITS}")
+  else:
+    mxqn_config(ptq)
+
+
+def mxqn_config(ptq) -> mxqn.MxqnConfig:
+  fields = {f: ptq[f] for f in mxqn.MxqnConfig.__dataclass_fields__ if f in ptq}
+  return mxqn.MxqnConfig(**fields)
+
+
+def _float_variables(exp: experiment.Experiment, init_from: str, images) -> dict[str, Any]:
+  """The model's params and batch_stats from `init_from`, checked against the model."""
+  pretrained, step = checkpoint.restore_variables(init_from)
+  logging.info("post-training quantization of %s (step %d)", init_from, step)
+  shapes = jax.eval_shape(lambda: exp.model.init(
+      {"params": jax.random.key(0), "dropout": jax.random.key(1)}, images[:1], train=False))
+  out = {}
+  for collection, ref in shapes.items():
+    flat_ref = traverse_util.flatten_dict(ref, sep="/")
+    flat_src = traverse_util.flatten_dict(pretrained.get(collection) or {}, sep="/")
+    for key, leaf in flat_ref.items():
+      if key not in flat_src or tuple(np.shape(flat_src[key])) != tuple(leaf.shape):
+        raise ValueError(f"init_from checkpoint has no {collection} {key} of shape {leaf.shape} "
+                         f"(model {exp.config.model!r}); is it a run of this model?")
+    out[collection] = traverse_util.unflatten_dict(
+        {k: jnp.asarray(flat_src[k]) for k in flat_ref}, sep="/")
+  return out
+
+
+def _nested(tree, path):
+  for key in path.split("/"):
+    tree = tree[key]
+  return tree
+
+
+def _result_config(config, rules) -> ml_collections.ConfigDict:
+  """The input config with `quant` = the chosen per-layer quantizers."""
+  out = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
+  out.quant = ml_collections.ConfigDict({
+      "enabled": True, "layers": ".*", "weight": None, "act": None, "bias": None, "output": None,
+      "first_layer": None, "last_layer": None, "rules": rules})
+  return out
+
+
+def _fixed_point(exp, variables, records, evaluate_on, acc_fp, ptq):
+  """Goyal et al.'s search; returns (rules, report)."""
+  layers = exp.layers
+  spec = {"name": "fixed_point"}
+  search_config = _result_config(exp.config, [
+      {"pattern": ".*", "weight": spec, "bias": spec, "output": spec}])
+  plan = experiment.build(search_config, training=False).plan
+  max_abs = {}
+  for layer in layers:
+    params = _nested(variables["params"], layer.path)
+    max_abs[(layer.path, "weight")] = float(jnp.max(jnp.abs(params["kernel"])))
+    if layer.has_bias:
+      max_abs[(layer.path, "bias")] = float(jnp.max(jnp.abs(params["bias"])))
+    max_abs[(layer.path, "output")] = float(np.max(np.abs(records[layer.path]["output"])))
+  # The structure of 'quant_state' under this plan (values are overwritten per candidate).
+  calib = records[layers[0].path]["input"][:2]
+  _, created = quantized_apply(exp.model, plan, training=False)(
+      variables, jnp.asarray(calib), train=False, mutable=[QUANT_STATE])
+  base = jax.device_get(created[QUANT_STATE])
+  evaluator = evaluate_on(plan)
+
+  def accuracy(points):
+    return evaluator({**variables, QUANT_STATE: fixedpoint.quant_state(base, points)})
+
+  result = fixedpoint.search(
+      accuracy, max_abs, [layer.path for layer in layers], acc_fp=acc_fp,
+      threshold=float(ptq.threshold), tradeoff=float(ptq.tradeoff),
+      start_bits={k: int(ptq.start_bits[k]) for k in fixedpoint.COMPONENTS})
+  rules = []
+  for layer in layers:
+    rule = {"pattern": re.escape(layer.path)}
+    for component in fixedpoint.COMPONENTS:
+      p = result.points.get((layer.path, component))
+      rule[component] = (None if p is None else
+                         {"name": "fixed_point", "bits": p.bits, "fractional_bits": p.frac})
+    rules.append(rule)
+  report = {
+      "method": "fixedpoint", "validation_accuracy_float": acc_fp,
+      "validation_accuracy_search": result.accuracy, "start_bits": result.start_bits,
+      "threshold": float(ptq.threshold), "tradeoff": float(ptq.tradeoff),
+      "evaluations": result.num_evaluations, "compilations": evaluator.num_traces,
+      "search_seconds": result.seconds, "history": result.history,
+  }
+  return rules, report
+
+
+def _markdown_fixed_point(report) -> str:
+  lines = [f"Goyal et al. fixed-point search: float validation accuracy "
+           f"{report['validation_accuracy_float']:.4f}, after the search "
+           f"{report['validation_accuracy_search']:.4f}; {report['evaluations']} evaluations, "
+           f"{report['compilations']} compilation(s), {report['search_seconds']:.0f} s.", "",
+           "| component | layer | start | chosen (b, F) | val. accuracy | drop % | budget % "
+           "| evaluations |", "|---|---|---|---|---|---|---|---|"]
+  for r in report["history"]:
+    lines.append(f"| {r['component']} | {r['layer']} | {r['start']} | ({r['bits']}, {r['frac']}) "
+                 f"| {r['accuracy']:.4f} | {100 * r['drop']:.2f} | {100 * r['budget']:.2f} "
+                 f"| {r['evaluations']} |")
+  return "\n".join(lines) + "\n"
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs `config.ptq.method` on `config.init_from` and writes `workdir` (see module docstring).
+
+  Returns:
+    The summary (also `<workdir>/summary.json`).
+  """
+  check_config(config)
+  summary_path = os.path.join(workdir, "summary.json")
+  if checkpoint.has_checkpoints(workdir):
+    if os.path.exists(summary_path):
+      logging.info("%s already holds a finished post-training run; not redone", workdir)
+      with open(summary_path) as f:
+        return json.load(f)
+    raise ValueError(f"workdir {workdir!r} holds checkpoints but no summary.json; use a new "
+                     "--workdir")
+  exp = experiment.build(config, quantized=False, training=False)
+  ptq = config.ptq
+  t0 = time.perf_counter()
+  val_images, val_labels = calibration.split_arrays(
+      exp.dataset, calibration.CALIBRATION_SPLIT, batch_size=config.eval_batch_size)
+  calib_images, _ = calibration.split_arrays(
+      exp.dataset, calibration.CALIBRATION_SPLIT, batch_size=int(ptq.calibration_batch_size),
+      num_batches=int(ptq.calibration_batches))
+  variables = _float_variables(exp, config.init_from, jnp.asarray(calib_images))
+
+  def evaluate_on(plan):
+    return Evaluator(exp.model, plan, val_images, val_labels,
+                     batch_size=min(config.eval_batch_size, len(val_images)))
+
+  acc_fp = evaluate_on(None)(variables)
+  records = calibration.record_layers(exp.model, variables, calib_images)
+  logging.info("float validation accuracy %.4f; calibrated on %d validation images",
+               acc_fp, len(calib_images))
+
+  if ptq.method == "fixedpoint":
+    rules, report = _fixed_point(exp, variables, records, evaluate_on, acc_fp, ptq)
+    table = _markdown_fixed_point(report)
+  else:
+    kernels = {layer.path: _nested(variables["params"], layer.path)["kernel"]
+               for layer in exp.layers}
+    inputs = {path: r["input"] for path, r in records.items()}
+    rules, rows = mxqn.run(exp.layers, kernels, inputs, mxqn_config(ptq))
+    report = {"method": "mxqn", "validation_accuracy_float": acc_fp,
+              "settings": dict(ptq.to_dict()), "layers": rows}
+    table = mxqn.markdown(rows)
+
+  # The result: an ordinary quantized workdir.
+  out_config = _result_config(config, rules)
+  exp_q = experiment.build(out_config, training=False)
+  _, created = quantized_apply(exp_q.model, exp_q.plan, training=False)(
+      variables, jnp.asarray(calib_images), train=False, mutable=["params", QUANT_STATE])
+  final = {**variables, **jax.device_get(created)}
+  mesh = sharding.make_mesh(config.get("num_devices", 0))
+  results = {split: evaluate.evaluate_variables(exp_q, final, split, config.eval_batch_size, mesh)
+             for split in ("validation", "test")}
+  report["validation_accuracy_final"] = results["validation"]["accuracy"]
+  report["seconds"] = time.perf_counter() - t0
+  summary = evaluate.make_summary(exp_q, results, step=0, variables=final,
+                                  ptq={k: v for k, v in report.items()
+                                       if k not in ("history", "layers")},
+                                  float_checkpoint=os.path.abspath(config.init_from))
+  lead = jax.process_index() == 0
+  mngr = checkpoint.manager(workdir, max_to_keep=1)
+  tree = {"step": 0, **{k: final[k] for k in ("params", "batch_stats", QUANT_STATE)
+                        if final.get(k)}}
+  mngr.save(0, args=ocp.args.StandardSave(tree), force=True)
+  mngr.wait_until_finished()
+  mngr.close()
+  if lead:
+    checkpoint.record_config(out_config, workdir)
+    checkpoint.write_json_atomic(os.path.join(workdir, f"{REPORT}.json"), report)
+    with open(os.path.join(workdir, f"{REPORT}.md"), "w") as f:
+      f.write(table)
+    checkpoint.write_json_atomic(summary_path, summary)
+  logging.info("%s: test accuracy %.4f (validation %.4f, float validation %.4f); memory "
+               "%.1f%% and multiplication cost %.1f%% below all-8-bit; summary in %s",
+               ptq.method, results["test"]["accuracy"], results["validation"]["accuracy"],
+               acc_fp, 100 * summary["cost"]["reduction_vs_8bit"]["memory_bits"],
+               100 * summary["cost"]["reduction_vs_8bit"]["mult_cost"], workdir)
+  return summary

@@ -1,12 +1,15 @@
 """Fake-quant training-step time of every quantizer as a ratio to float, measured in one process.
 
   python bench/step_time.py --model=lenet5 --batch_size=128 --out=results/step_time.md
+  python bench/step_time.py --model=resnet20 --batch_size=128 --out=results/step_time_resnet20.md
 
 For one model, batch and optimizer, it compiles a train step per quantizer (the 4-bit row of each
 method in bench/accuracy_table.py, plus uniform W8A8), then times them interleaved: every
 repetition runs each variant for `--steps` steps in turn, so machine noise hits all of them alike.
 The reported time is the median over repetitions; the ratio is against float in the same run.
-Issue 3's target is every quantizer within 1.3x of float.
+With the 'bench' extra installed, the same model quantized W8A8 by Qwix's QAT is timed too, as
+the peer. Targets: every quantizer within 1.3x of float; uniform W8A8 within 1.10x and faster
+than Qwix.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ _BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Steps per timed repetition.")
 _REPS = flags.DEFINE_integer("reps", 7, "Interleaved repetitions.")
 _OUT = flags.DEFINE_string("out", "", "Markdown output (optional).")
+_PEER = flags.DEFINE_enum(
+    "peer", "auto", ["auto", "qwix", "none"],
+    "Also time the same model quantized W8A8 by Qwix's QAT (QtProvider), the peer library: "
+    "'auto' when the 'bench' extra is installed (pip install -e '.[bench]').")
 
 EIGHT_BIT = dict(name="uniform", bits=8, granularity="channel", scale_method="lsq")
 ROWS = ("uniform/W8A8", "uniform/W4A4", "pact/W4A4", "pot/W4A4", "log/W4A4", "esb/W4A4-k2",
@@ -46,6 +53,31 @@ def variants(layers) -> dict[str, intercept.QuantPlan]:
           layers, weight=row.weight, act=row.act,
           first_layer={"weight": EIGHT_BIT, "act": None}, last_layer={"weight": EIGHT_BIT})
   return plans
+
+
+def qwix_model(model):
+  """`model` with Qwix's quantized training: int8 weights and activations on every Conv/Dense.
+
+  Qwix (github.com/google/qwix) QtProvider with one rule: absmax int8 weights (per channel) and
+  dynamic absmax int8 activations, fake-quantized in the forward pass with straight-through
+  gradients. quantjax's uniform/W8A8 row is the like-for-like comparison.
+  """
+  import qwix  # the 'bench' extra: never a runtime dependency
+
+  rule = qwix.QtRule(module_path=".*", weight_qtype="int8", act_qtype="int8")
+  return qwix.quantize_model(model, qwix.QtProvider([rule]))
+
+
+def want_peer() -> bool:
+  if _PEER.value == "none":
+    return False
+  try:
+    import qwix  # noqa: F401
+  except ImportError:
+    if _PEER.value == "qwix":
+      raise ValueError("--peer=qwix needs the 'bench' extra: pip install -e '.[bench]'") from None
+    return False
+  return True
 
 
 def build(model, plan, images, labels):
@@ -72,6 +104,8 @@ def main(argv):
   layers = intercept.discover_layers(model, images[:2], train=False)
   runs = {name: list(build(model, plan, images, labels))
           for name, plan in variants(layers).items()}
+  if want_peer():
+    runs["qwix/W8A8 (peer)"] = list(build(qwix_model(model), None, images, labels))
   times: dict[str, list[float]] = {name: [] for name in runs}
   for _ in range(_REPS.value):
     for name, run in runs.items():
@@ -95,8 +129,15 @@ def main(argv):
   ]
   for name, ts in times.items():
     median = statistics.median(ts)
-    ok = "" if name == "float" else ("yes" if median / base <= 1.3 else "NO")
+    ok = "" if name == "float" or "peer" in name else ("yes" if median / base <= 1.3 else "NO")
     lines.append(f"| {name} | {1e3 * median:.2f} | {median / base:.2f} | {ok} |")
+  peer = [n for n in times if "peer" in n]
+  if peer:
+    ours = statistics.median(times["uniform/W8A8"])
+    theirs = statistics.median(times[peer[0]])
+    lines += ["", f"quantjax uniform/W8A8 against {peer[0]}: {ours / theirs:.2f}x its step time "
+              f"(target: at most 1.10x float, and faster than the peer: "
+              f"{'met' if ours / base <= 1.10 and ours < theirs else 'NOT met'})."]
   text = "\n".join(lines) + "\n"
   print(text)
   if _OUT.value:

@@ -1,0 +1,162 @@
+"""The on-disk format of an integer graph: a directory with `graph.json` and `tensors.bin`.
+
+`graph.json` holds `format` ('quantjax-int'), `version`, the graph's meta and nodes, and a tensor
+index: per tensor its shape, stored bit width, signedness, byte offset and byte length in
+`tensors.bin`. Each tensor is packed to its real width, `bits` per value, little-endian bit order
+(two's complement for signed values), so a 4-bit index takes half a byte and a 3-bit one 3/8.
+`load` validates everything before returning: the format name and version, every tensor a node
+needs, shapes against the nodes, and the data file's length; each problem is a one-line
+ValueError.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+from quantjax.export.graph import FORMAT_VERSION, Graph
+
+FORMAT_NAME = "quantjax-int"
+GRAPH_FILE = "graph.json"
+DATA_FILE = "tensors.bin"
+
+
+def pack(values: np.ndarray, bits: int, signed: bool) -> bytes:
+  """`values` as `bits`-wide fields, little-endian bit order, padded to a whole byte."""
+  v = np.asarray(values, np.int64).reshape(-1)
+  lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+  if v.size and (v.min() < lo or v.max() > hi):
+    raise ValueError(f"values in [{v.min()}, {v.max()}] do not fit {bits} "
+                     f"{'signed' if signed else 'unsigned'} bits")
+  u = (v & ((1 << bits) - 1)).astype(np.uint64) if bits < 64 else v.view(np.uint64)
+  planes = ((u[:, None] >> np.arange(bits, dtype=np.uint64)[None, :]) & np.uint64(1))
+  return np.packbits(planes.astype(np.uint8).reshape(-1), bitorder="little").tobytes()
+
+
+def unpack(data: bytes, count: int, bits: int, signed: bool) -> np.ndarray:
+  """Inverse of `pack`: `count` int64 values."""
+  flat = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[: count * bits]
+  planes = flat.reshape(count, bits).astype(np.uint64)
+  u = np.sum(planes << np.arange(bits, dtype=np.uint64)[None, :], axis=1, dtype=np.uint64)
+  v = u.view(np.int64) if bits == 64 else u.astype(np.int64)
+  if signed and bits < 64:
+    v = np.where(v >= 2 ** (bits - 1), v - (1 << bits), v)
+  return v
+
+
+def packed_bytes(count: int, bits: int) -> int:
+  return math.ceil(count * bits / 8)
+
+
+def save(graph: Graph, path: str) -> None:
+  """Writes `graph` to the directory `path` (created; existing files there are replaced)."""
+  os.makedirs(path, exist_ok=True)
+  index = {}
+  chunks = []
+  offset = 0
+  for name in sorted(graph.tensors):
+    arr = graph.tensors[name]
+    bits, signed = graph.tensor_bits[name]
+    blob = pack(arr, bits, signed)
+    index[name] = {"shape": list(arr.shape), "bits": bits, "signed": signed, "offset": offset,
+                   "nbytes": len(blob)}
+    chunks.append(blob)
+    offset += len(blob)
+  doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "meta": graph.meta,
+         "nodes": graph.nodes, "tensors": index}
+  tmp = os.path.join(path, DATA_FILE + ".tmp")
+  with open(tmp, "wb") as f:
+    for blob in chunks:
+      f.write(blob)
+  os.replace(tmp, os.path.join(path, DATA_FILE))
+  tmp = os.path.join(path, GRAPH_FILE + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(doc, f, indent=1)
+  os.replace(tmp, os.path.join(path, GRAPH_FILE))
+
+
+def _required_tensors(node: dict) -> dict[str, tuple[int, ...] | None]:
+  """Tensor names a node needs, with the shape each must have (None: any)."""
+  out = node["out"]
+  op = node["op"]
+  need: dict[str, tuple[int, ...] | None] = {}
+  if op == "input":
+    c = node["shape"][-1]
+    need = {f"{out}.mul": (c,), f"{out}.offset": (c,)}
+  elif op in ("conv", "dense"):
+    shape = tuple(node["kernel_shape"])
+    cout = shape[-1]
+    for field in node["weight"]["fields"]:
+      need[f"{out}.w.{field}"] = None if field == "table" else shape
+    need[f"{out}.bias"] = (cout,)
+    need[f"{out}.sign"] = (cout,)
+  elif op == "requant":
+    need[f"{out}.sign"] = None
+    if node["kind"] == "dyadic":
+      need.update({f"{out}.m": None, f"{out}.shift": None, f"{out}.offset": None})
+    else:
+      for mode in ("half_even", "half_up", "floor"):
+        need[f"{out}.thresholds.{mode}"] = None
+  elif op == "add":
+    need = {f"{out}.m": None, f"{out}.shift": None}
+  decode = node.get("decode")
+  if decode and "table" in decode:
+    need[decode["table"]] = None
+  return need
+
+
+def load(path: str) -> Graph:
+  """Reads and validates a graph written by `save`; raises a one-line ValueError on any problem."""
+  graph_file = os.path.join(path, GRAPH_FILE)
+  data_file = os.path.join(path, DATA_FILE)
+  for f in (graph_file, data_file):
+    if not os.path.isfile(f):
+      raise ValueError(f"{path!r} is not an exported integer graph: {os.path.basename(f)} missing")
+  try:
+    with open(graph_file) as f:
+      doc = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{graph_file}: not valid JSON ({e.msg} at line {e.lineno})") from None
+  if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+    raise ValueError(f"{graph_file}: format {doc.get('format') if isinstance(doc, dict) else None!r}"
+                     f" is not {FORMAT_NAME!r}")
+  if doc.get("version") != FORMAT_VERSION:
+    raise ValueError(f"{graph_file}: format version {doc.get('version')!r} is not supported; "
+                     f"this quantjax reads version {FORMAT_VERSION} (re-export the model)")
+  for key in ("meta", "nodes", "tensors"):
+    if key not in doc:
+      raise ValueError(f"{graph_file}: missing {key!r}")
+  index = doc["tensors"]
+  with open(data_file, "rb") as f:
+    data = f.read()
+  tensors, bits = {}, {}
+  for name, entry in index.items():
+    count = int(np.prod(entry["shape"], dtype=np.int64))
+    end = entry["offset"] + entry["nbytes"]
+    if entry["nbytes"] != packed_bytes(count, entry["bits"]):
+      raise ValueError(f"tensor {name!r}: {entry['nbytes']} bytes cannot hold {count} values of "
+                       f"{entry['bits']} bits")
+    if end > len(data):
+      raise ValueError(f"{data_file} is truncated: tensor {name!r} needs bytes up to {end}, the "
+                       f"file has {len(data)}")
+    tensors[name] = unpack(data[entry["offset"]:end], count, entry["bits"],
+                           entry["signed"]).reshape(entry["shape"])
+    bits[name] = (int(entry["bits"]), bool(entry["signed"]))
+  produced = set()
+  for node in doc["nodes"]:
+    for ref in ("in", "a", "b"):
+      if ref in node and node["op"] != "input" and node[ref] not in produced:
+        raise ValueError(f"node {node['out']!r} reads {node[ref]!r}, which no earlier node makes")
+    for name, shape in _required_tensors(node).items():
+      if name not in tensors:
+        raise ValueError(f"tensor {name!r} (node {node['out']!r}) is missing from {graph_file}")
+      if shape is not None and tuple(tensors[name].shape) != shape:
+        raise ValueError(f"tensor {name!r} has shape {tuple(tensors[name].shape)}, node "
+                         f"{node['out']!r} expects {shape}")
+    produced.add(node["out"])
+  if doc["meta"].get("output") not in produced:
+    raise ValueError(f"{graph_file}: output {doc['meta'].get('output')!r} is not a node's output")
+  return Graph(doc["meta"], doc["nodes"], tensors, bits)

@@ -1,0 +1,117 @@
+"""The jax.lax emulator against the independent NumPy int64 reference, bit for bit."""
+
+import numpy as np
+import pytest
+
+from quantjax.export import export_run
+from quantjax.export.graph import Builder
+from quantjax.intsim import Accelerator, Emulator
+from quantjax.intsim.emulator import _round_shift
+from tests.intsim import reference
+from tests.intsim.conftest import FAMILIES, fake_quant_logits
+
+
+def _check_bit_exact(graph, images, **accel):
+  out, stats = Emulator(graph, Accelerator(**accel))(images)
+  ref, ref_over, ref_max = reference.run(graph, images, **{k: v for k, v in accel.items()
+                                                           if k != "mac"})
+  np.testing.assert_array_equal(out, ref)
+  for name, count in ref_over.items():
+    assert stats[name]["overflows"] == count, name
+  for name, m in ref_max.items():
+    assert stats[name]["max_abs"] == m, name
+  return out, stats
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_lenet5_every_family_bit_exact_and_close_to_fake_quant(quantized_run, family):
+  exp, variables, images, _ = quantized_run("lenet5", family)
+  graph = export_run(exp, variables)
+  out, stats = _check_bit_exact(graph, images)
+  assert all(s["overflows"] == 0 for s in stats.values())
+  # The integer model computes what the fake-quant model computes on the integer model's own
+  # input grid: same predictions, logits equal up to requantization rounding.
+  inp = graph.nodes[0]["out"]
+  step = 2.0 ** -graph.meta["input_frac_bits"] / (255.0 * np.asarray(exp.dataset.spec.std))
+  x = (images.astype(np.int64) * graph.tensors[f"{inp}.mul"] - graph.tensors[f"{inp}.offset"])
+  fq = fake_quant_logits(exp, variables, (x * step).astype(np.float32))
+  logits = out * graph.meta["output_scale"]
+  assert np.mean(np.argmax(logits, -1) == np.argmax(fq, -1)) >= 0.9
+  assert np.median(np.abs(logits - fq)) <= 0.05 * np.std(fq) + 1e-6
+
+
+@pytest.mark.parametrize("model,family", [
+    ("sequential", "uniform4"), ("sequential", "esb"), ("sequential", "liss"),
+    ("resnet20", "uniform8"), ("resnet20", "pot"), ("vgg_small", "nuuq")])
+def test_models_with_batch_norm_and_residuals_bit_exact(quantized_run, model, family):
+  exp, variables, images, _ = quantized_run(model, family)
+  graph = export_run(exp, variables)
+  ops = {n["op"] for n in graph.nodes}
+  if model == "resnet20":
+    assert "add" in ops and "sumpool" in ops
+    assert any(n.get("folded_bn") for n in graph.layers())
+  _check_bit_exact(graph, images[:4])
+
+
+@pytest.mark.parametrize("rounding", ["half_even", "half_up", "floor"])
+def test_rounding_modes_bit_exact(quantized_run, rounding):
+  exp, variables, images, _ = quantized_run("lenet5", "esb")
+  _check_bit_exact(export_run(exp, variables), images[:8], rounding=rounding)
+
+
+def test_mac_paths_agree(quantized_run):
+  exp, variables, images, _ = quantized_run("lenet5", "uniform8")
+  graph = export_run(exp, variables)
+  outs = [Emulator(graph, Accelerator(mac=m))(images)[0] for m in ("int", "f32", "auto")]
+  np.testing.assert_array_equal(outs[0], outs[1])
+  np.testing.assert_array_equal(outs[0], outs[2])
+  assert Emulator(graph, Accelerator(mac="int")).plan[graph.layers()[1]["out"]]["path"] == "int"
+
+
+def test_narrow_accumulator_overflows_saturate_vs_wrap(quantized_run):
+  exp, variables, images, _ = quantized_run("lenet5", "uniform8")
+  graph = export_run(exp, variables)
+  _, wide = _check_bit_exact(graph, images, acc_bits=32)
+  assert sum(s["overflows"] for s in wide.values()) == 0
+  sat, sat_stats = _check_bit_exact(graph, images, acc_bits=14, overflow="saturate")
+  wrap, wrap_stats = _check_bit_exact(graph, images, acc_bits=14, overflow="wrap")
+  assert sum(s["overflows"] for s in sat_stats.values()) > 0
+  # The first layer sees the same sums either way (it overflows: its input is the 13-bit image);
+  # what it stores differs, and so does everything downstream.
+  assert sat_stats["conv1"] == wrap_stats["conv1"]
+  assert sat_stats["conv1"]["overflows"] > 0
+  assert not np.array_equal(sat, wrap)
+
+
+def test_round_shift_hand_worked():
+  import jax
+  import jax.numpy as jnp
+  t = np.array([5, 6, 7, -5, -6, -7, 10, -10, 3])  # divided by 4 (shift 2), except the last
+  shift = np.array([2, 2, 2, 2, 2, 2, 2, 2, 0])
+  expected = {
+      "floor": [1, 1, 1, -2, -2, -2, 2, -3, 3],
+      "half_up": [1, 2, 2, -1, -1, -2, 3, -2, 3],  # 1.5 -> 2, -1.5 -> -1, 2.5 -> 3, -2.5 -> -2
+      "half_even": [1, 2, 2, -1, -2, -2, 2, -2, 3],  # 1.5 -> 2, -1.5 -> -2, 2.5 -> 2, -2.5 -> -2
+  }
+  with jax.enable_x64(True):
+    for mode, want in expected.items():
+      got = _round_shift(jnp.asarray(t, jnp.int64), jnp.asarray(shift, jnp.int64), mode)
+      np.testing.assert_array_equal(np.asarray(got), want, err_msg=mode)
+      np.testing.assert_array_equal(reference._shift_round(t, shift, mode), want, err_msg=mode)
+
+
+def test_builder_rejects_float_layers(quantized_run):
+  exp, variables, _, _ = quantized_run("lenet5", "uniform8")
+  from quantjax.intercept.plan import QuantPlan
+  plan = QuantPlan(tuple((p, lq) for p, lq in exp.plan.layers if p != "fc2"))
+  exp2 = type(exp)(exp.config, exp.dataset, exp.model, exp.layers, plan)
+  with pytest.raises(ValueError, match="'fc2' has float weights"):
+    export_run(exp2, variables)
+  assert Builder().mult_bits == 31
+
+
+def test_accelerator_validation():
+  with pytest.raises(ValueError, match="acc_bits=40 is out of range"):
+    Accelerator(acc_bits=40)
+  with pytest.raises(ValueError, match="rounding='nearest' is not valid; choose one of"):
+    Accelerator(rounding="nearest")

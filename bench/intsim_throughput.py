@@ -1,0 +1,93 @@
+"""Emulator throughput against the jitted float model on the same CPU, batch 256.
+
+  python bench/intsim_throughput.py --workdir=runs/int_agreement/uniform_w8a8
+  python bench/intsim_throughput.py --workdir=... --batch=256 --repeats=30 --out=results/intsim_throughput.md
+
+The float model is the run's network with its trained weights and no quantizers
+(`model.apply`, jitted, float32 NHWC input); the emulator runs the exported integer graph on uint8
+images with MAC path 'auto' (float32 where provably exact, else int) and 'int' (jax.lax int8/int16
+operands, preferred_element_type=int32). Timings are interleaved (float, auto, int, float, ...) and
+the median of `repeats` calls is reported, each call blocked until ready. Prints the ratio
+emulator images/s ÷ float images/s (target >= 0.5) and writes a Markdown note with date and machine.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shlex
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A quantized run (train.py workdir).")
+_BATCH = flags.DEFINE_integer("batch", 256, "Images per call.")
+_REPEATS = flags.DEFINE_integer("repeats", 30, "Timed calls per contender (median reported).")
+_OUT = flags.DEFINE_string("out", "", "Markdown output (default: print only).")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+  del argv
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from quantjax.export import export_run, load_run
+  from quantjax.intsim import Accelerator, Emulator
+  from quantjax.intsim.evaluate import raw_split
+  from quantjax.reports.machine import machine
+
+  exp, variables, _ = load_run(_WORKDIR.value)
+  graph = export_run(exp, variables)
+  images, _ = raw_split(exp.dataset, "test")
+  images = images[: _BATCH.value]
+  if len(images) < _BATCH.value:
+    images = np.resize(images, (_BATCH.value, *images.shape[1:]))
+  x = jnp.asarray(exp.dataset.normalise(images))
+  float_vars = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+  float_fn = jax.jit(lambda v, x: exp.model.apply(v, x, train=False))
+  contenders = {"float": lambda: float_fn(float_vars, x).block_until_ready()}
+  u8 = jnp.asarray(images)
+  for mac in ("auto", "int"):
+    emulator = Emulator(graph, Accelerator(mac=mac))
+
+    def call(emulator=emulator):
+      with jax.enable_x64(True):
+        out, stats = emulator.run_jax(u8)
+        out.block_until_ready()
+    contenders[f"emulator ({mac})"] = call
+  for fn in contenders.values():  # compile and warm up
+    fn()
+    fn()
+  times = {name: [] for name in contenders}
+  for _ in range(_REPEATS.value):
+    for name, fn in contenders.items():
+      t = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t)
+  median = {name: statistics.median(ts) for name, ts in times.items()}
+  rate = {name: _BATCH.value / m for name, m in median.items()}
+  date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+  command = shlex.join(["python", "bench/intsim_throughput.py", *sys.argv[1:]])
+  lines = ["# Integer emulator throughput", "",
+           f"Generated {date} on {machine()} by `{command}`.", "",
+           f"Model: {exp.config.model} from `{_WORKDIR.value}`; batch {_BATCH.value}; median of "
+           f"{_REPEATS.value} interleaved calls.", "",
+           "| contender | ms / batch | images / s | ratio to float |", "|---|---|---|---|"]
+  for name in contenders:
+    lines.append(f"| {name} | {1e3 * median[name]:.2f} | {rate[name]:.0f} | "
+                 f"{rate[name] / rate['float']:.2f} |")
+  text = "\n".join(lines) + "\n"
+  print(text)
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      f.write(text)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -69,8 +69,8 @@ def budget(component: str, i: int, num_layers: int, threshold: float) -> float:
 
 def search_point(evaluate: Callable[[Point], float], start: Point, *, acc_fp: float,
                  allowed: float, tradeoff: float = 0.0015, min_bits: int = MIN_BITS,
-                 max_bits: int = MAX_BITS, log: Callable[[Point, float], None] | None = None
-                 ) -> tuple[Point, float]:
+                 max_bits: int = MAX_BITS, log: Callable[[Point, float], None] | None = None,
+                 start_acc: float | None = None) -> tuple[Point, float]:
   """One layer's component: steps (a), (b), (c) of the module docstring.
 
   Args:
@@ -81,11 +81,12 @@ def search_point(evaluate: Callable[[Point], float], start: Point, *, acc_fp: fl
     tradeoff: relative accuracy gain that pays for the neighbourhood optimum.
     min_bits, max_bits: the widths considered.
     log: called with every newly evaluated point and its accuracy.
+    start_acc: the accuracy at `start` if already known (it is not evaluated again).
 
   Returns:
     (the chosen point, its accuracy).
   """
-  seen: dict[Point, float] = {}
+  seen: dict[Point, float] = {} if start_acc is None else {start: start_acc}
 
   def acc(p: Point) -> float:
     if p not in seen:
@@ -184,8 +185,9 @@ def search(evaluate: Callable[[Mapping[tuple[str, str], Point]], float],
                      component, path, i, num_layers, p, a, 100 * (acc_fp - a) / acc_fp,
                      100 * allowed)
 
+      # The start point is the configuration just chosen: its accuracy is known.
       chosen, acc = search_point(at, start, acc_fp=acc_fp, allowed=allowed, tradeoff=tradeoff,
-                                 log=log)
+                                 log=log, start_acc=acc)
       points[key] = chosen
       row = {"component": component, "layer": path, "index": i, "start": str(start),
              "bits": chosen.bits, "frac": chosen.frac, "accuracy": acc,
@@ -196,8 +198,7 @@ def search(evaluate: Callable[[Mapping[tuple[str, str], Point]], float],
                    "(budget %.3f%%), %d evaluations, %.1f s", component, path, i, num_layers,
                    start, chosen, acc, 100 * row["drop"], 100 * allowed, row["evaluations"],
                    row["seconds"])
-  final = run(points)
-  return SearchResult(points=points, accuracy=final, acc_fp=acc_fp, start_bits=start_bits,
+  return SearchResult(points=points, accuracy=acc, acc_fp=acc_fp, start_bits=start_bits,
                       history=history, num_evaluations=evaluations,
                       seconds=time.perf_counter() - t0)
 

@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,12 +24,21 @@ def sqnr_db(x: jax.Array, q: jax.Array) -> float:
   return float(10.0 * np.log10(signal / noise))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2))
+JIT_MIN_SIZE = 1 << 16  # smaller tensors run op by op: compiling each candidate costs more
+
+
+def _quantize(quantizer: Quantizer, x: jax.Array, role: str) -> jax.Array:
+  params, state = quantizer.init(x, role)
+  return quantizer.apply(x, params, state, role, False)[0]
+
+
+_quantize_jit = jax.jit(_quantize, static_argnums=(0, 2))
+
+
 def quantize_tensor(quantizer: Quantizer, x: jax.Array, role: str) -> jax.Array:
   """`Q(x)` with the quantizer's variables initialised from `x` itself (as calibration does)."""
   x = jnp.asarray(x, jnp.float32)
-  params, state = quantizer.init(x, role)
-  return quantizer.apply(x, params, state, role, False)[0]
+  return (_quantize_jit if x.size >= JIT_MIN_SIZE else _quantize)(quantizer, x, role)
 
 
 def quantizer_sqnr(quantizer: Quantizer, x: jax.Array, role: str) -> float:

@@ -25,6 +25,9 @@ def get_config():
   config.ptq.method = "fixedpoint"  # 'fixedpoint' (Goyal et al.) | 'mxqn'
   config.ptq.calibration_batches = 4  # validation batches whose outputs set the starting F
   config.ptq.calibration_batch_size = 125  # images per calibration batch
+  # 'accuracy' (the paper's): validation accuracy; 'agreement': the fraction of validation
+  # predictions equal to the float network's (every changed prediction counts as a loss).
+  config.ptq.criterion = "accuracy"
   config.ptq.threshold = 0.005  # T: relative accuracy drop the budget schedule builds on
   config.ptq.tradeoff = 0.0015  # relative gain that pays for a wider neighbourhood point
   config.ptq.start_bits = ml_collections.ConfigDict(

@@ -43,6 +43,8 @@ def test_ptq_workdir_evaluates_like_any_other(module, float_run, data_dir, tmp_p
   config = _ptq_config(module, data_dir, float_run)
   if module is ptq_mxqn:
     config.ptq.weight_bits, config.ptq.act_bits = 6, 5
+  else:
+    config.ptq.criterion = "agreement"  # the search scores agreement with the float network
   workdir = str(tmp_path / "ptq")
   summary = ptq.run(config, workdir)
   assert summary["quantized"] and summary["step"] == 0
@@ -56,6 +58,7 @@ def test_ptq_workdir_evaluates_like_any_other(module, float_run, data_dir, tmp_p
   assert set(rules) == {"conv1", "conv2", "fc1", "fc2", "fc3"}
   if module is ptq_fixedpoint:
     assert summary["ptq"]["compilations"] == 1 and summary["ptq"]["evaluations"] > 30
+    assert summary["ptq"]["score_float"] == 1.0 and summary["ptq"]["criterion"] == "agreement"
     assert all(r[c]["name"] == "fixed_point" for r in rules.values()
                for c in ("weight", "bias", "output"))
     # The cost report reads the searched widths.
@@ -83,3 +86,7 @@ def test_bad_configs_fail_before_work(data_dir, tmp_path, float_run):
   with pytest.raises(ValueError, match="force"):
     ptq.run(config, str(tmp_path / "c"))
   assert not os.path.exists(tmp_path / "c" / "summary.json")
+  config = _ptq_config(ptq_fixedpoint, data_dir, float_run)
+  config.ptq.criterion = "loss"
+  with pytest.raises(ValueError, match="criterion='loss'.*accuracy, agreement"):
+    ptq.run(config, str(tmp_path / "d"))

@@ -1,0 +1,244 @@
+"""Post-training quantization on mnist5k: Goyal et al.'s fixed-point search and MXQN.
+
+  python bench/ptq_table.py                      # -> results/ptq.md, ptq.json, fxp_bits.png
+
+For LeNet-5 and the 14-conv "Sequential" network (METHODS.md §4) it trains a float run (or reuses
+the one in --workdir), then runs, each as `python train.py` from that float checkpoint:
+
+- `configs/ptq_fixedpoint.py` (layer-wise fixed-point search on the validation split), with the
+  paper's accuracy criterion and with `criterion=agreement` (a changed prediction is a loss);
+- `configs/ptq_mxqn.py` at W8 with mixed 8-bit activations, W8 with mixed 4-5-bit activations
+  and W6 with mixed 4-5-bit activations (5 bits, lowered to 4 where the SQNR stays >= the floor).
+
+Every run lives in `--workdir/<name>` and is reused when its summary.json exists, so the script
+resumes where it stopped (delete a run's folder to redo it). Accuracy is the test split's; the
+searches see only the validation split. Wall times are measured on whatever else runs on the
+machine, so the CPU time of each run is reported beside them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+from quantjax.reports.machine import machine
+
+_WORKDIR = flags.DEFINE_string("workdir", "runs/ptq", "Where the runs live (reused).")
+_OUT_DIR = flags.DEFINE_string("out_dir", "results", "Where ptq.md, ptq.json, fxp_bits.png go.")
+_MODELS = flags.DEFINE_list("models", ["lenet5", "sequential"], "Models to run.")
+_SEQ_EPOCHS = flags.DEFINE_float("sequential_epochs", 30.0,
+                                 "Float training epochs of the Sequential net (LeNet-5: 80).")
+_ACT_SQNR = flags.DEFINE_float("act_sqnr_db", 20.0,
+                               "MXQN 4-5-bit runs: an activation drops to 4 bits while its SQNR "
+                               "stays at or above this.")
+
+TIMING = "bench_timing.json"
+
+
+def runs(model: str) -> list[tuple[str, str, list[str]]]:
+  """(name, config, overrides) of every run for `model`, float first."""
+  float_overrides = [f"--config.num_epochs={_SEQ_EPOCHS.value}"] if model == "sequential" else []
+  init = f"--config.init_from={os.path.join(_WORKDIR.value, f'float_{model}')}"
+  mixed45 = ["--config.ptq.act_bits=5", "--config.ptq.min_act_bits=4",
+             f"--config.ptq.act_sqnr_db={_ACT_SQNR.value}"]
+  return [
+      ("float", "configs/float.py", float_overrides),
+      ("fixedpoint", "configs/ptq_fixedpoint.py", [init]),
+      ("fixedpoint_agree", "configs/ptq_fixedpoint.py", [init, "--config.ptq.criterion=agreement"]),
+      ("mxqn_w8a8", "configs/ptq_mxqn.py", [init]),
+      ("mxqn_w8a45", "configs/ptq_mxqn.py", [init, *mixed45]),
+      ("mxqn_w6a45", "configs/ptq_mxqn.py", [init, "--config.ptq.weight_bits=6", *mixed45]),
+  ]
+
+
+def run_one(model: str, name: str, config: str, overrides: list[str]) -> dict:
+  """Runs (or reuses) one workdir; returns its summary plus the wall and CPU seconds."""
+  workdir = os.path.join(_WORKDIR.value, f"{name}_{model}")
+  cmd = [sys.executable, "train.py", f"--config={config}", f"--workdir={workdir}",
+         f"--config.model={model}", "--config.tensorboard=False", *overrides]
+  timing_path = os.path.join(workdir, TIMING)
+  if not os.path.exists(os.path.join(workdir, "summary.json")):
+    print("running:", " ".join(cmd), flush=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    timing = {"wall_seconds": time.perf_counter() - start, "cpu_seconds": cpu,
+              "command": " ".join(cmd[1:]), "date": datetime.date.today().isoformat()}
+    with open(timing_path, "w") as f:
+      json.dump(timing, f, indent=2)
+  else:
+    print("reusing:", workdir, flush=True)
+  timing = {}
+  if os.path.exists(timing_path):
+    with open(timing_path) as f:
+      timing = json.load(f)
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = json.load(f)
+  report = {}
+  if os.path.exists(os.path.join(workdir, "ptq_report.json")):
+    with open(os.path.join(workdir, "ptq_report.json")) as f:
+      report = json.load(f)
+  with open(os.path.join(workdir, "config.json")) as f:
+    quant = json.load(f).get("quant") or {}
+  return {"model": model, "name": name, "workdir": workdir, "summary": summary,
+          "report": report, "rules": quant.get("rules") or [], "timing": timing}
+
+
+def _row(r: dict, fp: dict) -> dict:
+  s, red = r["summary"], r["summary"]["cost"]["reduction_vs_8bit"]
+  test, ftest = s["accuracy"]["test"], fp["summary"]["accuracy"]["test"]
+  return {
+      "model": r["model"], "run": r["name"], "test_accuracy": test,
+      "validation_accuracy": s["accuracy"]["validation"], "float_test_accuracy": ftest,
+      "relative_loss": (ftest - test) / ftest, "points_below_float": 100 * (ftest - test),
+      "memory_reduction": red["memory_bits"], "mult_cost_reduction": red["mult_cost"],
+      "bops_reduction": red["bops"], "param_bytes": s["cost"]["total"]["param_bytes"],
+      "search_seconds": (s.get("ptq") or {}).get("search_seconds"),
+      "ptq_seconds": (s.get("ptq") or {}).get("seconds"),
+      "evaluations": (s.get("ptq") or {}).get("evaluations"),
+      "compilations": (s.get("ptq") or {}).get("compilations"),
+      "wall_seconds": r["timing"].get("wall_seconds"),
+      "cpu_seconds": r["timing"].get("cpu_seconds"),
+      "command": r["timing"].get("command"),
+  }
+
+
+def _fmt(v, spec=".1f", scale=1.0, suffix=""):
+  return "" if v is None else f"{scale * v:{spec}}{suffix}"
+
+
+def _bits_table(r: dict) -> list[str]:
+  lines = [f"Fixed-point formats chosen by {r['name']} for {r['model']} (b bits, F fractional "
+           "bits):", "",
+           "| layer | weights (b, F) | biases (b, F) | activations (b, F) |", "|---|---|---|---|"]
+  for rule in r["rules"]:
+    cells = [f"({rule[c]['bits']}, {rule[c]['fractional_bits']})" if rule.get(c) else "float"
+             for c in ("weight", "bias", "output")]
+    lines.append(f"| {rule['pattern'].replace(chr(92), '')} | {' | '.join(cells)} |")
+  return lines + [""]
+
+
+def _mxqn_table(r: dict) -> list[str]:
+  lines = [f"MXQN {r['name']} on {r['model']}: per-layer SQNR on the calibration images "
+           "(validation split) and the choice:", "",
+           "| layer | weights | weight SQNR dB | act bits | fixed SQNR dB | log SQNR dB | choice |",
+           "|---|---|---|---|---|---|---|"]
+  for row in r["report"].get("layers", []):
+    lines.append(
+        f"| {row['layer']} | fixed{row['weight_bits']} F={row['weight_F']} | "
+        f"{row['weight_sqnr_db']:.1f} | {row['act_bits'] or 'float'} | "
+        f"{_fmt(row.get('act_sqnr_fixed_db'))} | {_fmt(row.get('act_sqnr_log_db'))} | "
+        f"{row['act_scheme']} |")
+  return lines + [""]
+
+
+def plot_bits(results: list[dict], path: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fxp = [r for r in results if r["name"].startswith("fixedpoint")]
+  fig, axes = plt.subplots(len(fxp), 1, figsize=(10, 3.2 * len(fxp)), squeeze=False)
+  for ax, r in zip(axes[:, 0], fxp, strict=True):
+    names = [rule["pattern"].replace("\\", "") for rule in r["rules"]]
+    x = np.arange(len(names))
+    for k, (c, label) in enumerate((("weight", "weights"), ("bias", "biases"),
+                                    ("output", "activations"))):
+      bits = [rule[c]["bits"] if rule.get(c) else 0 for rule in r["rules"]]
+      ax.bar(x + (k - 1) * 0.27, bits, width=0.27, label=label)
+    ax.axhline(8, color="gray", lw=0.8, ls="--")
+    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("bits")
+    ax.set_title(f"Goyal et al. fixed-point search ({r['name']}) on {r['model']} (mnist5k): "
+                 "bits per layer (dashed: 8)", fontsize=9)
+    ax.legend(fontsize=8, ncol=3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main(argv):
+  del argv
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  results = []
+  for model in _MODELS.value:
+    for name, config, overrides in runs(model):
+      results.append(run_one(model, name, config, overrides))
+  floats = {r["model"]: r for r in results if r["name"] == "float"}
+  rows = [_row(r, floats[r["model"]]) for r in results]
+  today, where = datetime.date.today().isoformat(), machine()
+  command = "python bench/ptq_table.py " + " ".join(
+      f"--{k}={v}" for k, v in (("models", ",".join(_MODELS.value)),
+                                ("sequential_epochs", _SEQ_EPOCHS.value),
+                                ("act_sqnr_db", _ACT_SQNR.value)))
+  lines = [
+      "# Post-training quantization: fixed-point search (Goyal et al.) and MXQN", "",
+      f"Generated by `{command}` on {today}, {where}. Runs in `{_WORKDIR.value}` (reused when "
+      "present; each run's own date and command are in ptq.json).",
+      "mnist5k: searches and calibration use the 500 validation digits only; accuracy is on the "
+      "1,000 test digits. Reductions are against the same network with every weight, bias and "
+      "activation at 8 bits (quantjax.cost); float tensors count 32 bits. Relative loss = "
+      "(float - quantized) / float test accuracy.", "",
+      "| model | run | test acc | float | rel. loss | memory red. | mult. red. | BOPs red. "
+      "| param KiB | search s | run wall s | run CPU s |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for row in rows:
+    if row["run"] == "float":
+      continue
+    lines.append(
+        f"| {row['model']} | {row['run']} | {100 * row['test_accuracy']:.1f} % | "
+        f"{100 * row['float_test_accuracy']:.1f} % | {100 * row['relative_loss']:+.2f} % | "
+        f"{100 * row['memory_reduction']:.1f} % | {100 * row['mult_cost_reduction']:.1f} % | "
+        f"{100 * row['bops_reduction']:.1f} % | {row['param_bytes'] / 1024:.1f} | "
+        f"{_fmt(row['search_seconds'], '.0f')} | {_fmt(row['wall_seconds'], '.0f')} | "
+        f"{_fmt(row['cpu_seconds'], '.0f')} |")
+  lines += ["", "Targets (issue 4):", ""]
+  for row in rows:
+    if row["run"].startswith("fixedpoint"):
+      ok = (row["relative_loss"] <= 0.01 and row["memory_reduction"] >= 0.5
+            and row["mult_cost_reduction"] >= 0.7)
+      lines.append(
+          f"- {row['run']}, {row['model']}: relative loss {100 * row['relative_loss']:.2f} % "
+          f"(target <= 1 %), memory -{100 * row['memory_reduction']:.1f} % (>= 50 %), "
+          f"multiplication cost -{100 * row['mult_cost_reduction']:.1f} % (>= 70 %): "
+          f"{'met' if ok else 'NOT met'}; search {row['search_seconds']:.0f} s wall "
+          f"({row['evaluations']} evaluations, {row['compilations']} compilation).")
+    if row["run"].startswith("mxqn"):
+      target = " (target: within 0.5 points)" if row["run"].startswith("mxqn_w8") else ""
+      lines.append(f"- {row['run']}, {row['model']}: {row['points_below_float']:+.2f} points "
+                   f"below float{target}.")
+  lines.append("")
+  for r in results:
+    if r["name"].startswith("fixedpoint"):
+      lines += _bits_table(r)
+  lines += ["![bits per layer](fxp_bits.png)", ""]
+  for r in results:
+    if r["name"].startswith("mxqn"):
+      lines += _mxqn_table(r)
+  os.makedirs(_OUT_DIR.value, exist_ok=True)
+  with open(os.path.join(_OUT_DIR.value, "ptq.md"), "w") as f:
+    f.write("\n".join(lines))
+  with open(os.path.join(_OUT_DIR.value, "ptq.json"), "w") as f:
+    json.dump({"date": today, "machine": where, "command": command, "rows": rows,
+               "fixedpoint_rules": {f"{r['name']}_{r['model']}": r["rules"] for r in results
+                                    if r["name"].startswith("fixedpoint")},
+               "mxqn_layers": {f"{r['name']}_{r['model']}": r["report"].get("layers")
+                               for r in results if r["name"].startswith("mxqn")}},
+              f, indent=2)
+  plot_bits(results, os.path.join(_OUT_DIR.value, "fxp_bits.png"))
+  print("\n".join(lines[:20]))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -59,7 +59,8 @@ def _train(name: str, config: str, extra: list[str], epochs: float | None) -> li
 
 def main(argv):
   del argv
-  from quantjax.export import export_run, format as format_lib, load_run
+  from quantjax.export import export_run, load_run
+  from quantjax.export import format as format_lib
   from quantjax.intsim import Accelerator
   from quantjax.intsim.evaluate import compare, raw_split
   from quantjax.reports.machine import machine

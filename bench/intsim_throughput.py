@@ -1,7 +1,8 @@
 """Emulator throughput against the jitted float model on the same CPU, batch 256.
 
   python bench/intsim_throughput.py --workdir=runs/int_agreement/uniform_w8a8
-  python bench/intsim_throughput.py --workdir=... --batch=256 --repeats=30 --out=results/intsim_throughput.md
+  python bench/intsim_throughput.py --workdir=... --repeats=30 \
+    --out=results/intsim_throughput.md
 
 The float model is the run's network with its trained weights and no quantizers
 (`model.apply`, jitted, float32 NHWC input); the emulator runs the exported integer graph on uint8

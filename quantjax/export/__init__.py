@@ -1,4 +1,4 @@
-"""Integer export: a trained quantized model lowered to an integer graph, saved in a packed format."""
+"""Integer export: a trained quantized model lowered to an integer graph in a packed format."""
 
 from quantjax.export.graph import FORMAT_VERSION, Graph
 from quantjax.export.lower import exportable_models, lower

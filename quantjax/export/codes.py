@@ -56,7 +56,7 @@ class ActCodes:
   """An activation quantizer's codes: real value `scale · value(code)`."""
 
   family: str
-  kind: str  # 'uniform': value = code - zero_point, codes in [qmin, qmax]; 'table': value = table[code]
+  kind: str  # 'uniform': value = code - zero_point in [qmin, qmax]; 'table': table[code]
   scale: float
   bits: int  # stored code width
   qmin: int = 0
@@ -95,7 +95,8 @@ def _np(x) -> np.ndarray:
 def _split(variables: dict[str, Any], prefix: str) -> tuple[dict, dict]:
   """The quantizer's params and state from a layer's variables (`<prefix>_<name>` entries)."""
   cut = len(prefix) + 1
-  params = {k[cut:]: v for k, v in variables.get("params", {}).items() if k.startswith(prefix + "_")}
+  params = {k[cut:]: v for k, v in variables.get("params", {}).items()
+            if k.startswith(prefix + "_")}
   state = {k[cut:]: v for k, v in variables.get("quant_state", {}).items()
            if k.startswith(prefix + "_")}
   return params, state

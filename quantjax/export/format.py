@@ -121,8 +121,8 @@ def load(path: str) -> Graph:
   except json.JSONDecodeError as e:
     raise ValueError(f"{graph_file}: not valid JSON ({e.msg} at line {e.lineno})") from None
   if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
-    raise ValueError(f"{graph_file}: format {doc.get('format') if isinstance(doc, dict) else None!r}"
-                     f" is not {FORMAT_NAME!r}")
+    found = doc.get("format") if isinstance(doc, dict) else None
+    raise ValueError(f"{graph_file}: format {found!r} is not {FORMAT_NAME!r}")
   if doc.get("version") != FORMAT_VERSION:
     raise ValueError(f"{graph_file}: format version {doc.get('version')!r} is not supported; "
                      f"this quantjax reads version {FORMAT_VERSION} (re-export the model)")

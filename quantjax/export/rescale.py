@@ -1,7 +1,8 @@
 """Export-time arithmetic of requantization: dyadic multipliers and integer thresholds.
 
 A real rescale `y = r·μ + β` (r the integer input, μ > 0 and β per channel) becomes
-`(r·m + o) >> shift` with `m` a `mult_bits`-bit integer, `μ ≈ m·2^-shift` and `o = round(β·2^shift)`;
+`(r·m + o) >> shift` with `m` a `mult_bits`-bit integer, `μ ≈ m·2^-shift` and
+`o = round(β·2^shift)`;
 the rounding of the shift (half-up, half-even, floor) is the accelerator's, chosen per run.
 
 Requantizing onto non-uniform levels (ESB, Liss, log activations) has no multiplier form: the

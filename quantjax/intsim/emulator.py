@@ -258,8 +258,8 @@ def _run(consts, images, *, graph, plan, accel: Accelerator):
         env[out] = jnp.max(x, axis=(1, 2))
       else:
         env[out] = jax.lax.reduce_window(
-            x, jnp.array(jnp.iinfo(x.dtype).min, x.dtype), jax.lax.max, (1, *n["window"], 1), (1, *n["strides"], 1),
-            "VALID")
+            x, jnp.array(jnp.iinfo(x.dtype).min, x.dtype), jax.lax.max, (1, *n["window"], 1),
+            (1, *n["strides"], 1), "VALID")
     elif op == "sumpool":
       env[out] = jnp.sum(env[n["in"]].astype(jnp.int64), axis=(1, 2))
     elif op == "flatten":

@@ -1,4 +1,4 @@
-"""Small quantized models (random weights, perturbed BatchNorm) for the export and emulator tests."""
+"""Small quantized models (random weights, perturbed BatchNorm) for the export and intsim tests."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def _perturb_bn(variables, rng):
   return variables
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _run(data_dir, model, family, seed=0):
   config = make_config(data_dir, model, family)
   exp = experiment.build(config, training=False)

@@ -12,7 +12,8 @@ import numpy as np
 
 
 def _field(graph, node, name):
-  return np.asarray(graph.tensors[f"{node['out']}.w.{name}"], np.int64).reshape(node["kernel_shape"])
+  values = np.asarray(graph.tensors[f"{node['out']}.w.{name}"], np.int64)
+  return values.reshape(node["kernel_shape"])
 
 
 def _terms(graph, node):

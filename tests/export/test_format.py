@@ -1,0 +1,79 @@
+"""The packed on-disk format: exact packing, round trip, and one-line errors on bad files."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from quantjax.export import export_run
+from quantjax.export import format as format_lib
+from quantjax.export.codes import esb_decode, esb_encode
+from quantjax.export.rescale import dyadic, thresholds
+
+
+def test_pack_hand_worked():
+  # 3-bit signed [1, -1, 2], each LSB first: 1,0,0 | 1,1,1 | 0,1,0 -> byte 0 = bits 1,0,0,1,1,1,0,1
+  # (LSB first) = 0b10111001, byte 1 = bit 0 of the stream's 9th bit = 0.
+  assert format_lib.pack(np.array([1, -1, 2]), 3, True) == bytes([0b10111001, 0])
+  np.testing.assert_array_equal(format_lib.unpack(bytes([0b10111001, 0]), 3, 3, True), [1, -1, 2])
+  # 4-bit unsigned indices: two per byte.
+  assert format_lib.pack(np.array([3, 12]), 4, False) == bytes([0xC3])
+  with pytest.raises(ValueError, match="do not fit 3 signed bits"):
+    format_lib.pack(np.array([4]), 3, True)
+
+
+def test_esb_fields_and_rescale_hand_worked():
+  # b=4, k=2 levels {0.5, 1, 1.5, 2, 3, 4, 6}·α: v = 2q = {1, 2, 3, 4, 6, 8, 12}.
+  v = np.array([1, 2, 3, 4, 6, 8, 12])
+  f, m = esb_encode(v, 1)
+  np.testing.assert_array_equal(f, [0, 1, 1, 2, 2, 3, 3])
+  np.testing.assert_array_equal(m, [1, 0, 1, 0, 1, 0, 1])
+  np.testing.assert_array_equal(esb_decode(f, m, 1), v)
+  mult, shift, o = dyadic(np.array([0.75]), np.array([0.5]), mult_bits=8)
+  assert (int(mult[0]), int(shift[0]), int(o[0])) == (192, 8, 128)
+  # Levels {0, 1, 2} at multiplier 0.5: boundaries at real 0.5 and 1.5 -> r = 1 and 3.
+  th = thresholds(np.array([0.0, 1.0, 2.0]), np.array([0.5]), np.array([0.0]))
+  np.testing.assert_array_equal(th["half_up"], [[1, 3]])
+  np.testing.assert_array_equal(th["half_even"], [[2, 3]])  # r=1 -> 0.5: tie goes to level 0
+  np.testing.assert_array_equal(th["floor"], [[2, 4]])
+
+
+def test_round_trip_and_validation(quantized_run, tmp_path):
+  exp, variables, _, _ = quantized_run("lenet5", "nuuq")
+  graph = export_run(exp, variables)
+  path = str(tmp_path / "g")
+  format_lib.save(graph, path)
+  loaded = format_lib.load(path)
+  assert set(loaded.tensors) == set(graph.tensors)
+  for name, arr in graph.tensors.items():
+    np.testing.assert_array_equal(loaded.tensors[name], arr)
+  # The 5-level NUUQ index is packed at 3 bits per weight.
+  index = [k for k in graph.tensors if k.endswith(".w.index")][0]
+  doc = json.load(open(os.path.join(path, "graph.json")))
+  assert doc["tensors"][index]["bits"] == 3
+  assert doc["tensors"][index]["nbytes"] == -(-graph.tensors[index].size * 3 // 8)
+
+  def broken(edit):
+    d = json.loads(json.dumps(doc))
+    edit(d)
+    with open(os.path.join(path, "graph.json"), "w") as f:
+      json.dump(d, f)
+
+  broken(lambda d: d.update(version=99))
+  with pytest.raises(ValueError, match="format version 99 is not supported"):
+    format_lib.load(path)
+  broken(lambda d: d["tensors"].pop(index))
+  with pytest.raises(ValueError, match=f"tensor '{index}' .* is missing"):
+    format_lib.load(path)
+  bias = index.replace(".w.index", ".bias")
+  broken(lambda d: d["tensors"][bias].update(shape=[3, 1]))
+  with pytest.raises(ValueError, match="cannot hold|has shape"):
+    format_lib.load(path)
+  broken(lambda d: None)
+  with open(os.path.join(path, "tensors.bin"), "r+b") as f:
+    f.truncate(100)
+  with pytest.raises(ValueError, match="is truncated"):
+    format_lib.load(path)
+  with pytest.raises(ValueError, match="not an exported integer graph"):
+    format_lib.load(str(tmp_path))

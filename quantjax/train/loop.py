@@ -35,8 +35,10 @@ def init_state(exp: experiment.Experiment, config, first_batch: dict[str, Any],
   """
   images = jnp.asarray(first_batch["image"])
   rngs = {"params": jax.random.key(config.seed), "dropout": jax.random.key(config.seed + 1)}
-  init = quantized_init(exp.model, exp.plan)
-  variables = dict(init(rngs, images, train=False))
+  # Jitted: run eagerly, every quantizer op would compile (and keep) its own tiny executable,
+  # hundreds of MiB for the log-domain quantizers.
+  init = jax.jit(lambda r, x: quantized_init(exp.model, exp.plan)(r, x, train=False))
+  variables = dict(init(rngs, images))
   if config.get("init_from") and not resuming:
     pretrained, step = checkpoint.restore_variables(config.init_from)
     logging.info("initialising weights from %s (step %d)", config.init_from, step)
@@ -76,8 +78,9 @@ def _load_pretrained(exp, variables, pretrained, rngs, images):
   if not exp.plan:
     return {**variables, **loaded}
   apply = quantized_apply(exp.model, exp.plan, training=False)
-  _, created = apply(loaded, images, train=False, rngs=rngs, mutable=["params", QUANT_STATE])
-  return {**loaded, **created}
+  calibrate = jax.jit(lambda v, x, r: apply(v, x, train=False, rngs=r,
+                                            mutable=["params", QUANT_STATE])[1])
+  return {**loaded, **calibrate(loaded, images, rngs)}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -10,10 +10,15 @@ _REGISTRY: dict[str, type] = {}
 
 
 def register(name: str):
-  """Class decorator registering a quantizer config dataclass under `name`."""
+  """Class decorator registering a quantizer config dataclass under `name`.
+
+  A class redefined in the same module under the same name (a notebook cell run again) replaces
+  its earlier version; any other class claiming a taken name is an error.
+  """
 
   def wrap(cls):
-    if name in _REGISTRY:
+    old = _REGISTRY.get(name)
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
       raise ValueError(f"quantizer {name!r} is already registered by {_REGISTRY[name].__name__}")
     cls.registry_name = name
     _REGISTRY[name] = cls

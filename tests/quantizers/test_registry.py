@@ -1,5 +1,6 @@
 """Every registered quantizer honours the contract, and has its own test module."""
 
+import dataclasses
 import os
 
 import jax
@@ -56,3 +57,22 @@ def test_unknown_name_lists_all():
     quantizers.get("nope")
   for name in quantizers.names():
     assert name in str(e.value)
+
+
+def _define(name, module="notebook"):
+  """A fresh quantizer class, as a notebook cell defines one (same module and name each run)."""
+  cls = type("Apot", (quantizers.base.Quantizer,), {"__module__": module})
+  return quantizers.registry.register(name)(dataclasses.dataclass(frozen=True, kw_only=True)(cls))
+
+
+def test_a_redefined_class_replaces_itself_but_no_other_class_takes_a_name():
+  try:
+    first = _define("test_redefined")
+    second = _define("test_redefined")  # the cell run again
+    assert second is not first and quantizers.get("test_redefined") is second
+    with pytest.raises(ValueError, match="'test_redefined' is already registered by Apot"):
+      _define("test_redefined", module="elsewhere")
+    with pytest.raises(ValueError, match="'uniform' is already registered"):
+      _define("uniform")
+  finally:
+    quantizers.registry._REGISTRY.pop("test_redefined", None)

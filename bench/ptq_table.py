@@ -8,7 +8,9 @@ the one in --workdir), then runs, each as `python train.py` from that float chec
 - `configs/ptq_fixedpoint.py` (layer-wise fixed-point search on the validation split), with the
   paper's accuracy criterion and with `criterion=agreement` (a changed prediction is a loss);
 - `configs/ptq_mxqn.py` at W8 with mixed 8-bit activations, W8 with mixed 4-5-bit activations
-  and W6 with mixed 4-5-bit activations (5 bits, lowered to 4 where the SQNR stays >= the floor).
+  and W6 with mixed 4-5-bit activations (5 bits, lowered to 4 where the SQNR stays >= the floor);
+  W6 with 3-bit activations chosen by SQNR, and the same with every activation forced to fixed
+  point, to show what the log choice is worth.
 
 Every run lives in `--workdir/<name>` and is reused when its summary.json exists, so the script
 resumes where it stopped (delete a run's folder to redo it). Accuracy is the test split's; the
@@ -56,6 +58,12 @@ def runs(model: str) -> list[tuple[str, str, list[str]]]:
       ("mxqn_w8a8", "configs/ptq_mxqn.py", [init]),
       ("mxqn_w8a45", "configs/ptq_mxqn.py", [init, *mixed45]),
       ("mxqn_w6a45", "configs/ptq_mxqn.py", [init, "--config.ptq.weight_bits=6", *mixed45]),
+      # 3-bit activations, where log's SQNR can beat fixed point's, and the same forced fixed.
+      ("mxqn_w6a3", "configs/ptq_mxqn.py", [init, "--config.ptq.weight_bits=6",
+                                            "--config.ptq.act_bits=3"]),
+      ("mxqn_w6a3_fixed", "configs/ptq_mxqn.py", [init, "--config.ptq.weight_bits=6",
+                                                  "--config.ptq.act_bits=3",
+                                                  "--config.ptq.force=.*=fixed"]),
   ]
 
 
@@ -104,6 +112,7 @@ def _row(r: dict, fp: dict) -> dict:
       "memory_reduction": red["memory_bits"], "mult_cost_reduction": red["mult_cost"],
       "bops_reduction": red["bops"], "param_bytes": s["cost"]["total"]["param_bytes"],
       "search_seconds": (s.get("ptq") or {}).get("search_seconds"),
+      "search_cpu_seconds": (s.get("ptq") or {}).get("search_cpu_seconds"),
       "ptq_seconds": (s.get("ptq") or {}).get("seconds"),
       "evaluations": (s.get("ptq") or {}).get("evaluations"),
       "compilations": (s.get("ptq") or {}).get("compilations"),

@@ -171,7 +171,8 @@ def _fixed_point(exp, variables, records, evaluate_on, acc_fp, ptq):
       "validation_accuracy_search": result.accuracy, "start_bits": result.start_bits,
       "threshold": float(ptq.threshold), "tradeoff": float(ptq.tradeoff),
       "evaluations": result.num_evaluations, "compilations": evaluator.num_traces,
-      "search_seconds": result.seconds, "history": result.history,
+      "search_seconds": result.seconds, "search_cpu_seconds": result.cpu_seconds,
+      "history": result.history,
   }
   return rules, report
 

@@ -63,3 +63,11 @@ def test_float_and_non_integer_bits_pack_up():
   bits = [cost.LayerBits(weight=1.58, bias=8, input=8, output=8)] * 2
   conv = cost.cost_report(LAYERS, bits=bits)["layers"][0]
   assert conv["param_bytes"] == 5 + 2  # 18 ternary weights at 2 bits: 36 bits -> 5 bytes
+
+
+def test_text_report_lists_every_layer_and_total():
+  from quantjax.cost.__main__ import format_report
+
+  text = format_report(cost.cost_report(LAYERS, None))
+  assert "conv" in text and "fc" in text and "reduction" in text
+  assert "-300.0 %" in text  # float (32 bits) is 4x the all-8-bit memory

@@ -66,7 +66,7 @@ def test_float_and_non_integer_bits_pack_up():
 
 
 def test_text_report_lists_every_layer_and_total():
-  from quantjax.cost.__main__ import format_report
+  from quantjax.cost.report import format_report
 
   text = format_report(cost.cost_report(LAYERS, None))
   assert "conv" in text and "fc" in text and "reduction" in text

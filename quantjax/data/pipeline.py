@@ -57,6 +57,12 @@ class Dataset:
     """Examples in `split` ('train', 'validation' or 'test')."""
     return len(self._reader(split))
 
+  def raw(self, split: str, positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images [N, H, W, C], int labels [N]) of `split` at `positions` (default: all), in
+    split order, without normalisation: what an integer graph takes as input."""
+    reader = self._reader(split)
+    return reader.read(np.arange(len(reader)) if positions is None else np.asarray(positions))
+
   def normalise(self, images: np.ndarray) -> np.ndarray:
     """uint8 [B, H, W, C] -> float32 (x / 255 - mean) / std with this dataset's statistics."""
     return self._normalise(images)

@@ -22,8 +22,7 @@ def raw_split(dataset, split: str) -> tuple[np.ndarray, np.ndarray]:
   """(uint8 images, labels) of a whole split: the integer graph takes the raw pixels."""
   if split not in SPLITS:
     raise ValueError(f"split={split!r} is not valid; choose one of {', '.join(SPLITS)}")
-  reader = dataset._reader(split)  # noqa: SLF001  the pipeline normalises; the graph wants uint8
-  return reader.read(np.arange(len(reader)))
+  return dataset.raw(split)  # the pipeline's batches are normalised; the graph wants uint8
 
 
 def compare(exp, variables, graph, images, labels, accel: Accelerator,

@@ -43,6 +43,19 @@ def test_eval_batches_cover_every_example_once_with_padding(mnist5k, mnist5k_rec
   assert (images[500:] == 0).all() and (labels[500:] == 0).all()  # padding: black, label 0
 
 
+def test_raw_gives_the_stored_uint8_digits_in_split_order(mnist5k, mnist5k_records):
+  stored_images, stored_labels, _ = mnist5k_records["validation"]
+  images, labels = mnist5k.raw("validation")
+  assert images.dtype == np.uint8 and images.shape == (500, 28, 28, 1)
+  np.testing.assert_array_equal(images, stored_images)
+  np.testing.assert_array_equal(labels, stored_labels)
+  some, some_labels = mnist5k.raw("validation", [3, 0])
+  np.testing.assert_array_equal(some, stored_images[[3, 0]])
+  np.testing.assert_array_equal(some_labels, stored_labels[[3, 0]])
+  with pytest.raises(ValueError, match="'tset'"):
+    mnist5k.raw("tset")
+
+
 def test_train_epoch_is_the_documented_permutation(mnist5k, denormalise):
   images, labels = _all_images(mnist5k, "train", denormalise)
   order = np.random.default_rng([4, 1]).permutation(3500)  # epoch 1 of seed 4

@@ -77,8 +77,7 @@ def _perturb_bn(variables, rng):
 def _run(data_dir, model, family, seed=0):
   config = make_config(data_dir, model, family)
   exp = experiment.build(config, training=False)
-  reader = exp.dataset._reader("test")  # noqa: SLF001  the raw uint8 digits
-  images, labels = reader.read(np.arange(16))
+  images, labels = exp.dataset.raw("test", np.arange(16))  # the raw uint8 digits
   x = exp.dataset.normalise(images)
   rngs = {"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1)}
   variables = quantized_init(exp.model, exp.plan)(rngs, x, train=False)

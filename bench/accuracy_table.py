@@ -164,6 +164,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return train.train_and_evaluate(config, workdir)
 
 
+def row_cost(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """The cost model's reductions against all-8-bit for a row's plan (the same for every seed)."""
+  from quantjax.cost.model import cost_report
+  from quantjax.train import experiment
+
+  exp = experiment.build(config, training=False)
+  reduction = cost_report(exp.layers, exp.plan)["reduction_vs_8bit"]
+  return {k: reduction[k] for k in ("memory_bits", "mult_cost", "bops")}
+
+
 def record(summary: dict[str, Any]) -> dict[str, float]:
   """The per-seed numbers of one run, from its summary.json."""
   rows = summary["layers"]
@@ -197,6 +207,7 @@ def row_stats(per_seed: dict[str, dict[str, float]],
       "weight_bits": per_seed[seeds[0]]["weight_bits"],
       "memory_kib": per_seed[seeds[0]]["memory_kib"],
       "train_seconds": statistics.fmean(per_seed[s]["train_seconds"] for s in seeds),
+      "cost": per_seed[seeds[0]].get("cost"),
   }
 
 
@@ -266,22 +277,29 @@ def markdown(report: dict[str, Any]) -> str:
       "seed, mean over seeds, in points. W bits: stored bits per Conv/Dense weight averaged over "
       "all of them (conv1 and fc3 are 8-bit in every row; NUUQ counts log2 N). Memory: weights "
       "at those bits plus 32-bit biases. Train s: the training loop's seconds per run (mean over "
-      "seeds), from each run's summary.json.", "",
+      "seeds), from each run's summary.json. Cost (quantjax.cost, the same for every seed): "
+      "reduction against the same network at all-8-bit of Goyal et al.'s memory (weights, biases, "
+      "activations per image), multiplication cost and bit-operations; float tensors (the "
+      "image into conv1, the logits) count 32 bits, so rows can cost more BOPs than all-8-bit.",
+      "",
       "| method | setting | middle layers (weight / input) | W bits | memory KiB | test acc | Δ "
-      "vs float | seeds | train s |",
-      "|---|---|---|---|---|---|---|---|---|",
+      "vs float | reduction vs all-8-bit: memory / mult. / BOPs | seeds | train s |",
+      "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for entry in report["rows"]:
     s = entry.get("stats")
     if s is None:
       lines.append(f"| {entry['method']} | {entry['label']} | {entry['describe']} | | | "
-                   f"{entry['status']} | | 0 | |")
+                   f"{entry['status']} | | | 0 | |")
       continue
     delta = "" if s["delta_mean"] is None else f"{s['delta_mean']:+.2f}"
     seeds = str(s["n"]) if entry["status"] == "ok" else f"{s['n']} ({entry['status']})"
+    cost = s.get("cost")
+    cost = (" / ".join(f"{100 * cost[k]:+.0f} %" for k in ("memory_bits", "mult_cost", "bops"))
+            if cost else "")
     lines.append(f"| {entry['method']} | {entry['label']} | {entry['describe']} | "
                  f"{s['weight_bits']:.2f} | {s['memory_kib']:.1f} | "
-                 f"{_pm(s['test_mean'], s['test_sd'])} | {delta} | {seeds} | "
+                 f"{_pm(s['test_mean'], s['test_sd'])} | {delta} | {cost} | {seeds} | "
                  f"{s['train_seconds']:.0f} |")
   lines += ["", "## Checks (computed from the table)", ""]
   lines += [f"- {c['status']}: {c['claim']}: {c['detail']}" for c in report["checks"]]
@@ -403,8 +421,9 @@ def main(argv):
   status: dict[str, str] = {}
   for seed in seeds:
     float_dir = os.path.abspath(os.path.join(root, f"seed{seed}", "float"))
-    results.setdefault("float", {})[seed] = _timed(
-        "float", seed, make_config(None, int(seed), "", quick), float_dir)
+    float_config = make_config(None, int(seed), "", quick)
+    results.setdefault("float", {})[seed] = _timed("float", seed, float_config, float_dir)
+    results["float"][seed]["cost"] = row_cost(float_config)
     for row in rows:
       if not registered(row):
         status[row.name] = "quantizer not registered yet"
@@ -413,6 +432,7 @@ def main(argv):
       try:
         config = make_config(row, int(seed), float_dir, quick)
         results.setdefault(row.name, {})[seed] = _timed(row.name, seed, config, workdir)
+        results[row.name][seed]["cost"] = row_cost(config)
       except Exception as e:  # noqa: BLE001  one failed row (e.g. a NaN loss) must not end the sweep
         first_line = (str(e).splitlines() or [type(e).__name__])[0]
         status[row.name] = f"failed: {first_line[:120]}"

@@ -1,12 +1,16 @@
-"""Peak host memory of quantization-aware training against float, each run in its own process.
+"""Peak host memory of quantization-aware training, integer emulation and the fixed-point search,
+as ratios to their float counterparts; every job runs in its own Python process.
 
   python bench/memory.py --out=results/memory.md
 
-Each variant trains LeNet-5 on mnist5k for `--epochs` (the default config's batch, optimizer and
-evaluation) in a fresh Python process and reports that process's peak resident set size
-(`ru_maxrss`), so the figures include the interpreter, JAX, XLA's compiled code and the dataset,
-exactly what a user's run holds. The ratio is against the float run of the same invocation.
-Issue 6's target: QAT at most 1.2x float.
+Training: each variant trains LeNet-5 on mnist5k for `--epochs` (the default config's batch,
+optimizer and evaluation), against the float run. Inference: the trained uniform W8A8 run
+evaluated on the test split by the integer emulator (`eval.py --mode=int`'s path: export, emulate,
+compare with fake-quant) against the float model's evaluation of the float run. Search: Goyal et
+al.'s fixed-point search (configs/ptq_fixedpoint.py) on the float run, against float training.
+A job's figure is its process's peak resident set size (`ru_maxrss`): interpreter, JAX, XLA's
+compiled code and the dataset included, what a user's run holds. Issue 6's target: QAT and the
+emulator at most 1.2x float.
 """
 
 from __future__ import annotations
@@ -20,65 +24,117 @@ import tempfile
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 from quantjax.reports.machine import machine  # noqa: E402
 
 _EPOCHS = flags.DEFINE_float("epochs", 2.0, "Training epochs per variant.")
 _OUT = flags.DEFINE_string("out", "", "Markdown output (optional).")
 
-# Each variant: the accuracy table's row whose middle-layer quantizers it uses (None: float).
-VARIANTS = {"float": None, "uniform/W8A8": "uniform/W8A8", "uniform/W4A4": "uniform/W4A4",
-            "esb/W4A4-k2": "esb/W4A4-k2", "nuuq/N4": "nuuq/N4", "liss/W4A4": "liss/W4A4",
-            "log/W4A4": "log/W4A4"}
+# Each training variant: the accuracy table's row whose middle-layer quantizers it uses.
+TRAIN_VARIANTS = ("uniform/W8A8", "uniform/W4A4", "esb/W4A4-k2", "nuuq/N4", "liss/W4A4",
+                  "log/W4A4")
 
-_CHILD = """
+_PRELUDE = f"""
 import json, resource, sys
-sys.path.insert(0, {root!r})
-sys.path.insert(0, {bench!r})
+sys.path.insert(0, {ROOT!r})
+sys.path.insert(0, {os.path.join(ROOT, "bench")!r})
 from absl import logging
 logging.set_verbosity(logging.ERROR)
+def peak():
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+"""
+
+_TRAIN = """
 import accuracy_table
 from quantjax import train
 row = {row!r}
 config = accuracy_table.make_config(None, 0, "", False)
 if row is not None:
-  spec = next(r for r in accuracy_table.sweep() if r.name == row)
-  config = accuracy_table.make_config(spec, 0, "", False)
+  config = accuracy_table.make_config(
+      next(r for r in accuracy_table.sweep() if r.name == row), 0, "", False)
   config.require_init_from = False  # memory, not accuracy: train from scratch
 config.num_epochs = {epochs}
 config.eval_every_epochs = 0.0
 summary = train.train_and_evaluate(config, {workdir!r})
-print(json.dumps({{"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "test": summary["accuracy"]["test"]}}))
+print(json.dumps({{"peak_mib": peak(), "accuracy": summary["accuracy"]["test"]}}))
+"""
+
+_EVAL_FLOAT = """
+from quantjax.train import evaluate
+result = evaluate.evaluate_workdir({workdir!r}, split="test", mode="float",
+                                   output={output!r})
+print(json.dumps({{"peak_mib": peak(), "accuracy": result["accuracy"]}}))
+"""
+
+_EVAL_INT = """
+from quantjax.intsim.evaluate import evaluate_int
+result = evaluate_int({workdir!r}, split="test", output={output!r})
+print(json.dumps({{"peak_mib": peak(), "accuracy": result["accuracy"]}}))
+"""
+
+_PTQ = """
+import importlib
+from quantjax.ptq import run
+config = importlib.import_module("configs.ptq_fixedpoint").get_config()
+config.init_from = {init_from!r}
+summary = run(config, {workdir!r})
+print(json.dumps({{"peak_mib": peak(), "accuracy": summary["accuracy"]["test"]}}))
 """
 
 
-def measure(row: str | None, epochs: float) -> dict[str, float]:
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  with tempfile.TemporaryDirectory() as workdir:
-    code = _CHILD.format(root=root, bench=os.path.join(root, "bench"), row=row, epochs=epochs,
-                         workdir=os.path.join(workdir, "run"))
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+def measure(body: str, **fields) -> dict[str, float]:
+  """Runs `body` (formatted with `fields`) in a fresh interpreter; its printed peak and accuracy."""
+  code = _PRELUDE + body.format(**fields)
+  out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                       cwd=ROOT)
   return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _rows(results: dict[str, dict], base: str, target: float | None) -> list[str]:
+  ref = results[base]["peak_mib"]
+  lines = []
+  for name, r in results.items():
+    ratio = r["peak_mib"] / ref
+    ok = "" if name == base or target is None else ("yes" if ratio <= target else "NO")
+    lines.append(f"| {name} | {r['peak_mib']:.0f} | {ratio:.2f} | {ok} |")
+  return lines
 
 
 def main(argv):
   del argv
-  results = {}
-  for name, row in VARIANTS.items():
-    results[name] = measure(row, _EPOCHS.value)
-    print(f"{name}: peak {results[name]['peak_mib']:.0f} MiB", flush=True)
-  base = results["float"]["peak_mib"]
+  header = "| job | peak MiB | ratio | within 1.2x |\n|---|---|---|---|"
+  with tempfile.TemporaryDirectory() as tmp:
+    runs = {name: os.path.join(tmp, name.replace("/", "_")) for name in ("float", *TRAIN_VARIANTS)}
+    train = {}
+    for name, workdir in runs.items():
+      row = None if name == "float" else name
+      train[f"train {name}"] = measure(_TRAIN, row=row, epochs=_EPOCHS.value, workdir=workdir)
+      print(f"train {name}: {train[f'train {name}']['peak_mib']:.0f} MiB", flush=True)
+    infer = {
+        "evaluate float (jitted float model)": measure(
+            _EVAL_FLOAT, workdir=runs["float"], output=os.path.join(tmp, "float.json")),
+        "integer emulator, uniform W8A8": measure(
+            _EVAL_INT, workdir=runs["uniform/W8A8"], output=os.path.join(tmp, "int.json")),
+    }
+    print(f"inference: {infer}", flush=True)
+    search = {"train float": train["train float"],
+              "fixed-point search (LeNet-5)": measure(
+                  _PTQ, init_from=runs["float"], workdir=os.path.join(tmp, "fxp"))}
+    print(f"search: {search}", flush=True)
   lines = [
-      "# Peak host memory of a training run against float (LeNet-5, mnist5k)", "",
+      "# Peak host memory against float (LeNet-5, mnist5k)", "",
       f"Generated by `python bench/memory.py --epochs={_EPOCHS.value:g}` on "
-      f"{datetime.date.today().isoformat()}, {machine()}. Each variant trains in its own process "
-      "(default config: batch 128, Adam); peak resident set size of that process.", "",
-      "| variant | peak MiB | ratio to float | within 1.2x |", "|---|---|---|---|"]
-  for name, r in results.items():
-    ok = "" if name == "float" else ("yes" if r["peak_mib"] / base <= 1.2 else "NO")
-    lines.append(f"| {name} | {r['peak_mib']:.0f} | {r['peak_mib'] / base:.2f} | {ok} |")
+      f"{datetime.date.today().isoformat()}, {machine()}. Each job in its own process; peak "
+      "resident set size of that process (interpreter, JAX, compiled code and dataset "
+      "included).", "",
+      f"Training for {_EPOCHS.value:g} epochs (default config: batch 128, Adam), ratio to float "
+      "training:", "", header, *_rows(train, "train float", 1.2), "",
+      "Evaluation of the 1,000 test digits, ratio to the float model's evaluation:", "",
+      header, *_rows(infer, "evaluate float (jitted float model)", 1.2), "",
+      "Goyal et al.'s fixed-point search on the float run (validation split), ratio to float "
+      "training (no target):", "", header, *_rows(search, "train float", None)]
   text = "\n".join(lines) + "\n"
   print(text)
   if _OUT.value:

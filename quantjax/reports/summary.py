@@ -26,14 +26,19 @@ def layer_table(layers: Sequence[LayerInfo], plan: QuantPlan | None,
     lq = plan.get(layer.path) if plan else None
     weight = lq.weight if lq else None
     act = lq.act if lq else None
+    bias = getattr(lq, "bias", None)  # post-training plans also quantize biases and outputs
+    output = getattr(lq, "output", None)
     weight_bits = weight.bits if weight else FLOAT_BITS
     rows.append({
         "layer": layer.path,
         "kind": layer.kind,
         "weight_quantizer": weight.describe() if weight else "float",
         "act_quantizer": act.describe() if act else "float",
+        "bias_quantizer": bias.describe() if bias else "float",
+        "output_quantizer": output.describe() if output else "float",
         "weight_bits": weight_bits,
         "act_bits": act.bits if act else FLOAT_BITS,
+        "output_bits": output.bits if output else FLOAT_BITS,
         "num_weights": layer.num_weights,
         "num_bias": layer.num_bias,
         "weight_size_bits": weight_bits * layer.num_weights,

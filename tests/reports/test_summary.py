@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from quantjax.intercept import LayerInfo, resolve
+from quantjax.intercept import LayerInfo, Rule, resolve
 from quantjax.quantizers import nuuq
 from quantjax.reports import layer_table, model_size_bits
 
@@ -38,3 +38,13 @@ def test_nuuq_storage_figures_from_trained_state():
   np.testing.assert_allclose(storage["entropy_bits"], 1.5, rtol=1e-5)  # H(1/4, 1/2, 1/4)
   size = model_size_bits(layer_table(LAYERS, plan, variables))
   np.testing.assert_allclose(size["weight_size_entropy_bits"], 36 * 32 + 2560 * 1.5, rtol=1e-6)
+
+
+def test_post_training_bias_and_output_quantizers_are_listed():
+  fxp = {"name": "fixed_point", "bits": 6, "fractional_bits": 3}
+  plan = resolve(LAYERS, weight=fxp, act=None, rules=[
+      Rule("conv", bias={**fxp, "bits": 8}, output={**fxp, "bits": 5})])
+  rows = {r["layer"]: r for r in layer_table(LAYERS, plan)}
+  assert rows["conv"]["output_bits"] == 5 and rows["fc"]["output_bits"] == 32
+  assert rows["conv"]["bias_quantizer"].startswith("fixed_point")
+  assert rows["fc"]["bias_quantizer"] == rows["fc"]["output_quantizer"] == "float"

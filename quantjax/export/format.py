@@ -129,9 +129,18 @@ def load(path: str) -> Graph:
   for key in ("meta", "nodes", "tensors"):
     if key not in doc:
       raise ValueError(f"{graph_file}: missing {key!r}")
-  index = doc["tensors"]
   with open(data_file, "rb") as f:
     data = f.read()
+  try:
+    return _parse(doc, data, graph_file, data_file)
+  except (KeyError, TypeError, AttributeError) as e:  # a malformed entry in graph.json
+    raise ValueError(f"{graph_file}: malformed entry ({type(e).__name__}: {e}); re-export "
+                     "the model") from None
+
+
+def _parse(doc: dict, data: bytes, graph_file: str, data_file: str) -> Graph:
+  """The graph of a loaded `doc` and its packed `data`; ValueError on a semantic problem."""
+  index = doc["tensors"]
   tensors, bits = {}, {}
   for name, entry in index.items():
     count = int(np.prod(entry["shape"], dtype=np.int64))

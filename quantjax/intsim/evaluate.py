@@ -31,6 +31,7 @@ def compare(exp, variables, graph, images, labels, accel: Accelerator,
   emulator = Emulator(graph, accel)
   apply = quantized_apply(exp.model, exp.plan, training=False)
   fake = jax.jit(lambda v, x: apply(v, x, train=False))
+  variables = jax.device_put(variables)  # once, not with every batch
   pred_int, pred_fq = [], []
   totals: dict[str, dict[str, int]] = {}
   for start in range(0, len(labels), batch_size):
@@ -69,6 +70,9 @@ def evaluate_int(workdir: str, *, split: str = "test", step: int | None = None,
              "accelerator": {"acc_bits": accel.acc_bits, "overflow": accel.overflow,
                              "rounding": accel.rounding, "mac": accel.mac},
              "accuracy": result["accuracy_int"], **result}
-  output = output or os.path.join(workdir, f"eval_{split}_int_{step}.json")
+  # One file per accelerator setting: a run on a narrower accumulator keeps the 32-bit result.
+  output = output or os.path.join(
+      workdir, f"eval_{split}_int_acc{accel.acc_bits}_{accel.overflow}_{accel.rounding}_"
+      f"{accel.mac}_{step}.json")
   checkpoint.write_json_atomic(output, summary)
   return summary

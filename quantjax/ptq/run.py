@@ -60,6 +60,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if int(ptq.get(name, 1)) < 1:
       raise ValueError(f"ptq.{name}={ptq.get(name)!r} must be a positive integer")
   if ptq.method == "fixedpoint":
+    missing = [k for k in ("threshold", "tradeoff", "start_bits") if k not in ptq]
+    if missing:
+      raise ValueError(f"ptq.method='fixedpoint' needs ptq.{', ptq.'.join(missing)}: start from "
+                       "configs/ptq_fixedpoint.py")
     if ptq.get("criterion", "accuracy") not in CRITERIA:
       raise ValueError(f"ptq.criterion={ptq.criterion!r} is not valid; choose one of "
                        f"{', '.join(CRITERIA)}")
@@ -192,6 +196,19 @@ def _markdown_fixed_point(report) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises unless `workdir`'s finished run was made by this post-training config."""
+  recorded = checkpoint.load_config(workdir)
+  for field in ("mode", "ptq", "init_from", "model", "dataset"):
+    old, new = recorded.get(field), config.get(field)
+    old = old.to_dict() if hasattr(old, "to_dict") else old
+    new = new.to_dict() if hasattr(new, "to_dict") else new
+    if json.dumps(old, sort_keys=True, default=str) != json.dumps(new, sort_keys=True,
+                                                                  default=str):
+      raise ValueError(f"workdir {workdir!r} holds a run with a different {field} "
+                       f"({str(old)[:80]!r}); use a new --workdir")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs `config.ptq.method` on `config.init_from` and writes `workdir` (see module docstring).
 
@@ -202,6 +219,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   summary_path = os.path.join(workdir, "summary.json")
   if checkpoint.has_checkpoints(workdir):
     if os.path.exists(summary_path):
+      _check_same_run(config, workdir)
       logging.info("%s already holds a finished post-training run; not redone", workdir)
       with open(summary_path) as f:
         return json.load(f)

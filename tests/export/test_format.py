@@ -70,6 +70,12 @@ def test_round_trip_and_validation(quantized_run, tmp_path):
   broken(lambda d: d["tensors"][bias].update(shape=[3, 1]))
   with pytest.raises(ValueError, match="cannot hold|has shape"):
     format_lib.load(path)
+  broken(lambda d: d["tensors"][bias].pop("offset"))
+  with pytest.raises(ValueError, match="malformed entry .*'offset'"):
+    format_lib.load(path)
+  broken(lambda d: d["nodes"][1].pop("op"))
+  with pytest.raises(ValueError, match="malformed entry"):
+    format_lib.load(path)
   broken(lambda d: None)
   with open(os.path.join(path, "tensors.bin"), "r+b") as f:
     f.truncate(100)

@@ -69,8 +69,14 @@ def test_ptq_workdir_evaluates_like_any_other(module, float_run, data_dir, tmp_p
     assert rules["conv1"]["act"] is None
     assert {rules[p]["act"]["name"] for p in ("conv2", "fc1", "fc2", "fc3")} <= {"uniform", "log"}
     assert all(r["weight"]["bits"] == 6 for r in rules.values())
-  # A finished workdir is not redone.
+  # A finished workdir is not redone, and another method's or run's workdir is not passed off as
+  # this one's result.
   assert ptq.run(config, workdir)["accuracy"] == summary["accuracy"]
+  other = _ptq_config(ptq_fixedpoint if module is ptq_mxqn else ptq_mxqn, data_dir, float_run)
+  with pytest.raises(ValueError, match="holds a run with a different ptq"):
+    ptq.run(other, workdir)
+  with pytest.raises(ValueError, match="holds a run with a different mode"):
+    ptq.run(config, float_run)  # the float training run itself
 
 
 def test_bad_configs_fail_before_work(data_dir, tmp_path, float_run):
@@ -86,6 +92,10 @@ def test_bad_configs_fail_before_work(data_dir, tmp_path, float_run):
   with pytest.raises(ValueError, match="force"):
     ptq.run(config, str(tmp_path / "c"))
   assert not os.path.exists(tmp_path / "c" / "summary.json")
+  config = _ptq_config(ptq_mxqn, data_dir, float_run)
+  config.ptq.method = "fixedpoint"  # without the fixed-point fields
+  with pytest.raises(ValueError, match="needs ptq.threshold, ptq.tradeoff, ptq.start_bits"):
+    ptq.run(config, str(tmp_path / "e"))
   config = _ptq_config(ptq_fixedpoint, data_dir, float_run)
   config.ptq.criterion = "loss"
   with pytest.raises(ValueError, match="criterion='loss'.*accuracy, agreement"):

@@ -263,9 +263,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   # The result: an ordinary quantized workdir.
   out_config = _result_config(config, rules)
   exp_q = experiment.build(out_config, training=False)
-  _, created = quantized_apply(exp_q.model, exp_q.plan, training=False)(
-      variables, jnp.asarray(calib_images), train=False, mutable=["params", QUANT_STATE])
-  final = {**variables, **jax.device_get(created)}
+  apply = quantized_apply(exp_q.model, exp_q.plan, training=False)
+  # Jitted, as in the training loop: eager quantizer ops each compile and keep an executable.
+  calibrate = jax.jit(lambda v, x: apply(v, x, train=False, mutable=["params", QUANT_STATE])[1])
+  final = {**variables, **jax.device_get(calibrate(variables, jnp.asarray(calib_images)))}
   mesh = sharding.make_mesh(config.get("num_devices", 0))
   results = {split: evaluate.evaluate_variables(exp_q, final, split, config.eval_batch_size, mesh)
              for split in ("validation", "test")}

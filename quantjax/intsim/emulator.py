@@ -18,38 +18,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quantjax.export import codes as codes_lib
 from quantjax.export.graph import Graph
 from quantjax.intsim.accelerator import Accelerator
+from quantjax.quantizers.codes import WeightCodes
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
 def decode_weight(graph: Graph, node: dict[str, Any]) -> np.ndarray:
-  """The integer weight values (int64, kernel shape) from a layer's stored fields."""
-  t = graph.tensors
+  """The integer weight values (int64, kernel shape) from a layer's stored fields.
+
+  The one decode rule of the quantizer contract (`WeightCodes.decode`), whatever the quantizer.
+  """
   w = node["weight"]
-  shape = tuple(node["kernel_shape"])
-  field = lambda name: t[f"{node['out']}.w.{name}"].reshape(-1)  # noqa: E731
-  family, meta = w["family"], w["meta"]
-  if family in ("uniform", "fixed_point"):
-    v = field("codes")
-  elif family in ("nuuq", "liss"):
-    v = field("table")[field("index")]
-  elif family == "esb":
-    neg = field("sign") == 1
-    if meta.get("mid_rise"):
-      mag = 2 * field("mantissa") + 1
-    else:
-      mag = codes_lib.esb_decode(field("exponent"), field("mantissa"), meta["mantissa_bits"])
-    v = np.where(neg, -mag, mag)
-  elif family in ("pot", "log"):
-    code = field("exponent")
-    mag = np.where(code > 0, np.left_shift(1, np.maximum(code - 1, 0)), 0)
-    v = np.where(field("sign") == 1, -mag, mag)
-  else:
-    raise ValueError(f"unknown weight family {family!r} in layer {node.get('name')!r}")
-  return np.asarray(v, np.int64).reshape(shape)
+  fields = {name: np.asarray(graph.tensors[f"{node['out']}.w.{name}"], np.int64).reshape(-1)
+            for name in w["fields"]}
+  try:
+    values = WeightCodes.decode(fields, w["meta"])
+  except ValueError as e:
+    raise ValueError(f"layer {node.get('name')!r}: {e}") from None
+  return np.asarray(values, np.int64).reshape(tuple(node["kernel_shape"]))
 
 
 def _small_dtype(lo: int, hi: int):

@@ -13,15 +13,36 @@ each method is a module-level function with an explicit `jax.custom_vjp`.
 
 `role` is 'weight' (the kernel; per-channel means the last, output-channel axis) or 'act' (the
 input activation of a Conv/Dense layer; ranges are tracked with a moving average).
+
+Everything else the package asks of a quantizer is a method or property here, so no code outside
+`quantizers/` needs its name or its private members:
+
+  levels(params, state, x=None, role='weight')  -> the representable values ([L] or [C, L])
+  weight_codes(kernel, params, state)           -> WeightCodes: a kernel as integers and a scale
+  act_codes(params, state)                      -> ActCodes: an activation's integer codes
+  storage, multiplier                           -> what the hardware stores and multiplies
+
+`WeightCodes.decode(fields, meta)` is the one decode rule from stored fields back to integers
+(`quantizers/codes.py` lists the layouts); the emulator calls it and nothing else.
+
+Two properties describe the hardware a quantized tensor needs, for the cost model and reports:
+`storage` (a `Storage`: the index bits per value and the level table stored beside them) and
+`multiplier` (a `Multiplier`: the kind of multiplier and the operand width it sees). They differ
+for table quantizers: NUUQ stores a log2 N-bit index but multiplies the b-bit grid value it selects.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from quantjax.quantizers import registry
+from quantjax.quantizers.codes import ActCodes, WeightCodes
 
 Array = jax.Array
 Vars = dict[str, Any]
@@ -49,6 +70,50 @@ def check_momentum(owner: str, momentum: float) -> None:
     raise ValueError(f"{owner}.momentum={momentum!r} is out of range; valid: [0, 1)")
 
 
+MULTIPLIER_KINDS = ("integer", "shift", "significand_shift", "float")
+
+
+@dataclasses.dataclass(frozen=True)
+class Storage:
+  """What a quantized tensor stores: a code per value, and the level table the codes index.
+
+  A plain b-bit code is `Storage(b)`: the code is the value, no table. A table quantizer stores an
+  index per value plus `table_entries` integers of `table_bits` each, once per tensor (or, with
+  `table_per_channel`, once per output channel of a kernel).
+  """
+
+  index_bits: float  # bits per value; equivalent bits (log2 N) for a non-power-of-two level count
+  table_entries: int = 0  # entries of the level table; 0 = no table
+  table_bits: int = 0  # width of one table entry
+  table_per_channel: bool = False  # one table per output channel (kernels) instead of per tensor
+
+  def table_memory_bits(self, channels: int = 1) -> int:
+    """Bits of the tensor's level tables: one table, or one per output channel of `channels`."""
+    return self.table_entries * self.table_bits * (channels if self.table_per_channel else 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Multiplier:
+  """What the multiply of a MAC sees of one operand, and the kind of hardware that does it.
+
+  Kinds (`MULTIPLIER_KINDS`):
+  - 'integer': a full integer multiplier; `operand_bits` is the width of the integer multiplied
+    (the code itself, or the table entry an index selects).
+  - 'shift': the operand is a sign and an exponent code that shift the other operand (a barrel
+    shifter and a conditional negation); `operand_bits` is the code width, sign included.
+  - 'significand_shift': an `operand_bits`-wide significand product, then a shift by the exponent
+    field (`shift_bits` wide; its add of two exponents is not a multiplier).
+  - 'float': an unquantized operand, a float32 multiplier.
+  """
+
+  kind: str
+  operand_bits: int  # width charged as this operand's side of the multiplier
+  shift_bits: int = 0  # width of the exponent field that drives a shift; 0 = no shift
+
+  def __post_init__(self):
+    check_choice("Multiplier", "kind", self.kind, MULTIPLIER_KINDS)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Quantizer:
   """Base class of quantizer configs. Subclasses are registered with `@register(name)`."""
@@ -70,6 +135,58 @@ class Quantizer:
   def bits(self) -> float:
     """Bits stored per value (equivalent bits for non-uniform level counts)."""
     raise NotImplementedError
+
+  @property
+  def storage(self) -> Storage:
+    """What a tensor stores. The default is a plain code of `bits` bits per value and no table."""
+    return Storage(float(self.bits))
+
+  @property
+  def multiplier(self) -> Multiplier:
+    """What the multiplier sees. The default is the `bits`-bit code in a full integer multiplier."""
+    return Multiplier("integer", math.ceil(self.bits))
+
+  def levels(self, params: Vars, state: Vars, x: Array | None = None,
+             role: str = "weight") -> Array:
+    """The values `apply` can output, ascending along the last axis (for plots and tests).
+
+    Args:
+      params: the quantizer's params.
+      state: its state.
+      x: the tensor itself, where the levels depend on it (weights whose scale is a statistic of
+        the kernel); None where params and state fix them (activations, learned scales).
+      role: 'weight' or 'act'.
+
+    Returns:
+      float32 [L], or [C, L] with one level set per output channel of a per-channel weight
+      quantizer. Merged levels may repeat.
+    """
+    raise NotImplementedError(f"{type(self).__name__} does not define levels()")
+
+  def weight_codes(self, kernel: np.ndarray, params: Vars, state: Vars) -> WeightCodes:
+    """The integer form of a trained kernel: integers, a per-channel scale and stored fields.
+
+    `scale[c]·values[..., c]` must reproduce `apply(kernel, params, state, 'weight', False)`;
+    `quantizers.codes` has the layouts and the helpers (`integer_values`, `plain_codes`, ...).
+
+    Raises:
+      ValueError: (one line) this quantizer, or this setting of it, has no exact integer form.
+    """
+    del kernel, params, state
+    raise ValueError(f"{self.describe()}: weight quantizer {self.registry_name!r} has no integer "
+                     f"export; exportable: {', '.join(_exportable('weight_codes'))}")
+
+  def act_codes(self, params: Vars, state: Vars) -> ActCodes:
+    """The integer codes this quantizer gives an activation (its trained params and state).
+
+    Every output of `apply(x, params, state, 'act', False)` must be `scale·v`, v in `values()`.
+
+    Raises:
+      ValueError: (one line) this quantizer, or this setting of it, has no exact integer form.
+    """
+    del params, state
+    raise ValueError(f"{self.describe()}: activation quantizer {self.registry_name!r} has no "
+                     f"integer export; exportable: {', '.join(_exportable('act_codes'))}")
 
   def aux_loss(self, x: Array, q: Array, params: Vars, state: Vars, role: str) -> Array | None:
     """Optional differentiable loss added to the task loss (e.g. ESB's distribution difference).
@@ -99,6 +216,12 @@ class Quantizer:
   def describe(self) -> str:
     """Short human-readable label, e.g. 'uniform4/channel/max'."""
     return f"{self.registry_name}{self.bits:g}"
+
+
+def _exportable(method: str) -> list[str]:
+  """Registered quantizers that implement `method` ('weight_codes' or 'act_codes')."""
+  return [n for n in registry.names()
+          if getattr(registry.get(n), method) is not getattr(Quantizer, method)]
 
 
 def reduce_to(t: Array, shape: tuple[int, ...]) -> Array:

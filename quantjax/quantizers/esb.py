@@ -54,9 +54,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from quantjax.quantizers import codes as codes_lib
 from quantjax.quantizers import estimators, floatbits
 from quantjax.quantizers.base import (
   Array,
+  Multiplier,
   Quantizer,
   Vars,
   channel_reduce_axes,
@@ -66,6 +68,7 @@ from quantjax.quantizers.base import (
   ema,
   reduce_to,
 )
+from quantjax.quantizers.codes import ActCodes, WeightCodes
 from quantjax.quantizers.registry import register
 
 MAX_ESB_BITS = 8
@@ -288,6 +291,17 @@ class ESB(Quantizer):
     return len(unit_levels(self.bits, self.significant_bits, self.signed))
 
   @property
+  def multiplier(self) -> Multiplier:
+    """A k-bit significand product, then a shift by the E-bit exponent field (METHODS.md §5).
+
+    Every magnitude is a k-bit integer significand (`2^L + mantissa`, or a denormal `j < 2^k`)
+    times a power of two; the sign is an XOR. The mid-rise form (E = 1) has no exponent: its
+    magnitude `2i + 1` is the k-bit index i times 2 plus 1 (an add, not a multiplier row).
+    """
+    shift = 0 if self.exponent_bits == 1 else self.exponent_bits
+    return Multiplier("significand_shift", self.significant_bits, shift_bits=shift)
+
+  @property
   def lambda_(self) -> float:
     """λ(b, k): α = λ·σ̂ under DDA form (a)."""
     return lambda_for(self.bits, self.significant_bits, self.signed)
@@ -365,4 +379,45 @@ class ESB(Quantizer):
     unit = unit_levels(self.bits, self.significant_bits, self.signed)
     unit = unit[np.abs(unit) <= _FLOAT32_MAX]
     return alpha[..., None] * jnp.asarray(unit, jnp.float32)
+
+  # -- integer export ------------------------------------------------------------------------
+
+  @property
+  def unit_scale(self) -> float:
+    """The integers' unit in α: 2^-L (v = q·2^L, exponent field E >= 2) or 1/2 (mid-rise)."""
+    return 0.5 if self.exponent_bits == 1 else 2.0**-self.mantissa_bits
+
+  def weight_codes(self, kernel, params: Vars, state: Vars) -> WeightCodes:
+    """Sign, exponent and mantissa fields ('float' layout), or sign and index ('odd', E = 1)."""
+    w = jnp.asarray(kernel, jnp.float32)
+    alpha = np.asarray(self.scale(w, params, state, "weight"), np.float64)
+    scale = codes_lib.per_channel(alpha * self.unit_scale, w.shape[-1])
+    out = self.apply(w, params, state, "weight", False)[0]
+    values = codes_lib.integer_values(self.describe(), out, scale)
+    sign = (values < 0).astype(np.int64)
+    mag = np.abs(values)
+    if self.exponent_bits == 1:  # mid-rise: v = ±(2i + 1)
+      m_bits = self.mantissa_bits + 1
+      return WeightCodes(self.registry_name, values, scale,
+                         {"sign": (sign, 1, False), "mantissa": ((mag - 1) // 2, m_bits, False)},
+                         "int", m_bits + 2, self.bits, {"mid_rise": True, "mantissa_bits": m_bits})
+    L, E = self.mantissa_bits, self.exponent_bits
+    exp_field, mant = codes_lib.encode_float(mag, L)
+    if np.any(exp_field >= 2**E):
+      raise ValueError(f"{self.describe()}: a weight needs an exponent field beyond {E} bits")
+    return WeightCodes(self.registry_name, values, scale,
+                       {"sign": (sign, 1, False), "exponent": (exp_field, E, False),
+                        "mantissa": (mant, max(L, 1), False)},
+                       "mantissa_shift", L + 1, self.bits,
+                       {"mid_rise": False, "mantissa_bits": L, "exponent_bits": E})
+
+  def act_codes(self, params: Vars, state: Vars) -> ActCodes:
+    """A table of the levels as integers `q/unit_scale`, at scale `α·unit_scale`."""
+    alpha = float(np.asarray(self.scale(None, params, state, "act"), np.float64))
+    unit = unit_levels(self.bits, self.significant_bits, self.signed)
+    table = np.unique(np.rint(unit / self.unit_scale).astype(np.int64))
+    if codes_lib.int_bits(table) > 31:
+      raise ValueError(f"{self.describe()}: levels need {codes_lib.int_bits(table)}-bit integers "
+                       "(limit 31)")
+    return ActCodes(self.registry_name, "table", alpha * self.unit_scale, self.bits, table=table)
 

@@ -44,17 +44,22 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from quantjax.quantizers import codes as codes_lib
 from quantjax.quantizers import estimators, kmeans
 from quantjax.quantizers.base import (
   Array,
+  Multiplier,
   Quantizer,
+  Storage,
   Vars,
   check_bits,
   check_choice,
   check_momentum,
   ema,
 )
+from quantjax.quantizers.codes import ActCodes, WeightCodes
 from quantjax.quantizers.nuuq import snap_to_levels
 from quantjax.quantizers.registry import register
 
@@ -158,6 +163,16 @@ class Liss(Quantizer):
   def multiplier_bits(self) -> int:
     """Width of the integer multiplier operand, M."""
     return self.int_bits
+
+  @property
+  def storage(self) -> Storage:
+    """A b-bit index per value and the tensor's 2^b-entry table of M-bit integers n_i."""
+    return Storage(float(self.bits), table_entries=self.num_levels, table_bits=self.int_bits)
+
+  @property
+  def multiplier(self) -> Multiplier:
+    """The M-bit integer n_i an index selects, in a full M-bit integer multiplier."""
+    return Multiplier("integer", self.int_bits)
 
   def describe(self) -> str:
     return f"liss{self.bits}/M{self.int_bits}/{self.fit}" + ("+noise" if self.noise else "")
@@ -267,3 +282,20 @@ class Liss(Quantizer):
     del params
     delta, n = integer_table(self.raw_levels(x, state, role), self.int_bits, self.is_signed(role))
     return delta * n
+
+  def weight_codes(self, kernel, params: Vars, state: Vars) -> WeightCodes:
+    """The 'table' layout: a b-bit index into the M-bit integers n_i, scale Δ."""
+    w = jnp.asarray(kernel, jnp.float32)
+    delta, _ = self.integer_levels(params, state, w, "weight")
+    scale = codes_lib.per_channel(np.asarray(delta, np.float64), w.shape[-1])
+    out = self.apply(w, params, state, "weight", False)[0]
+    values = codes_lib.integer_values(self.describe(), out, scale)
+    return codes_lib.table_codes(self.registry_name, values, scale, self.num_levels,
+                                 self.int_bits)
+
+  def act_codes(self, params: Vars, state: Vars) -> ActCodes:
+    """A table of the distinct integers n_i at scale Δ."""
+    delta, n = self.integer_levels(params, state, None, "act")
+    table = np.unique(np.asarray(n, np.int64))
+    return ActCodes(self.registry_name, "table", float(np.asarray(delta, np.float64)), self.bits,
+                    table=table)

@@ -56,9 +56,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from quantjax.quantizers import codes as codes_lib
 from quantjax.quantizers import estimators, floatbits
 from quantjax.quantizers.base import (
   Array,
+  Multiplier,
   Quantizer,
   Vars,
   channel_reduce_axes,
@@ -67,6 +69,7 @@ from quantjax.quantizers.base import (
   check_momentum,
   ema,
 )
+from quantjax.quantizers.codes import ActCodes, WeightCodes
 from quantjax.quantizers.registry import register
 
 MAX_LOG_BITS = 8
@@ -257,6 +260,18 @@ class Log(Quantizer):
     """Distinct values: 2W + 1 signed (= 2^b - 1), W + 1 unsigned (= 2^b)."""
     return 2 * self.num_exponents + 1 if self.signed else self.num_exponents + 1
 
+  @property
+  def multiplier(self) -> Multiplier:
+    """A shift: the b-bit code (sign, then the exponent index) drives a barrel shifter.
+
+    The charged width is the whole code, sign included: the magnitude bits set the shift (one mux
+    stage of the other operand each) and the sign a conditional negation (one more stage), so a
+    b-bit code costs b stages across the other operand. With `base_root` m > 1 the low log2 m bits
+    of the exponent pick one of m accumulators, each scaled once per output by its constant
+    2^(j/m) (not per MAC), so the MAC is still a shift.
+    """
+    return Multiplier("shift", self.bits, shift_bits=self.bits - 1 if self.signed else self.bits)
+
   def describe(self) -> str:
     sign = "" if self.signed else "u"
     base = "" if self.registry_name == "pot" else f"/m{self.base_root}"
@@ -325,6 +340,45 @@ class Log(Quantizer):
     if not self.signed:
       return jnp.concatenate([zero, positive], axis=-1)
     return jnp.concatenate([-positive[..., ::-1], zero, positive], axis=-1)
+
+  # -- integer export ------------------------------------------------------------------------
+
+  def _check_exportable(self) -> None:
+    if self.base_root != 1:
+      raise ValueError(f"{self.describe()}: log levels 2^(k/{self.base_root}) are not integer "
+                       "multiples of one scale; integer export supports base_root=1 (power of two)")
+
+  def weight_codes(self, kernel, params: Vars, state: Vars) -> WeightCodes:
+    """The 'shift' layout: `v = ±(1 << (c-1))`, c the magnitude code (0 = zero), scale 2^(K-W+1)."""
+    self._check_exportable()
+    w = jnp.asarray(kernel, jnp.float32)
+    k = np.asarray(self.full_scale_exponent(w, state, "weight"), np.float64)
+    scale = codes_lib.per_channel(np.exp2(k - self.num_exponents + 1), w.shape[-1])
+    out = self.apply(w, params, state, "weight", False)[0]
+    values = codes_lib.integer_values(self.describe(), out, scale)
+    mag = np.abs(values)
+    if np.any(mag & (mag - 1)):
+      raise ValueError(f"{self.describe()}: a weight is not a power of two times the scale")
+    code = np.where(mag > 0, np.floor(np.log2(np.maximum(mag, 1))).astype(np.int64) + 1, 0)
+    code_bits = self.bits - 1 if self.signed else self.bits
+    return WeightCodes(self.registry_name, values, scale,
+                       {"sign": ((values < 0).astype(np.int64), 1, False),
+                        "exponent": (code, code_bits, False)},
+                       "shift", code_bits, self.bits, {"code_bits": code_bits})
+
+  def act_codes(self, params: Vars, state: Vars) -> ActCodes:
+    """A table of 0 and ±2^j, j = 0..W-1, at scale 2^(K-W+1)."""
+    del params
+    self._check_exportable()
+    k = float(np.asarray(self.full_scale_exponent(None, state, "act"), np.float64))
+    w = self.num_exponents
+    if w > 31:
+      raise ValueError(f"{self.describe()}: {w} exponents need {w}-bit integers (limit 31)")
+    positive = np.left_shift(np.int64(1), np.arange(w, dtype=np.int64))
+    table = np.concatenate([-positive[::-1], [0], positive]) if self.signed else np.concatenate(
+        [[0], positive])
+    return ActCodes(self.registry_name, "table", float(2.0 ** (k - w + 1)), self.bits,
+                    table=table.astype(np.int64))
 
 
 @register("pot")

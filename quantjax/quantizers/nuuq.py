@@ -33,11 +33,23 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from quantjax.quantizers import codes as codes_lib
 from quantjax.quantizers import estimators, kmeans
-from quantjax.quantizers.base import Array, Quantizer, Vars, check_bits, check_choice
+from quantjax.quantizers.base import (
+  Array,
+  Multiplier,
+  Quantizer,
+  Storage,
+  Vars,
+  check_bits,
+  check_choice,
+)
+from quantjax.quantizers.codes import WeightCodes
+from quantjax.quantizers.fixed_point import fractional_bits_for
+from quantjax.quantizers.floatbits import power_of_two
 from quantjax.quantizers.registry import register
-from quantjax.quantizers.uniform import fractional_bits_for
 
 GRIDS = ("pow2", "max")
 
@@ -141,6 +153,16 @@ class NUUQ(Quantizer):
     return self.container_bits
 
   @property
+  def storage(self) -> Storage:
+    """A log2 N-bit index per weight and the layer's N-entry table of b-bit grid codes."""
+    return Storage(self.bits, table_entries=self.num_levels, table_bits=self.container_bits)
+
+  @property
+  def multiplier(self) -> Multiplier:
+    """The b-bit grid code an index selects, in a full b-bit integer multiplier."""
+    return Multiplier("integer", self.container_bits)
+
+  @property
   def qmax(self) -> int:
     return 2 ** (self.container_bits - 1) - 1
 
@@ -164,7 +186,7 @@ class NUUQ(Quantizer):
     """
     max_abs = jnp.max(jnp.abs(w)).astype(jnp.float32)
     if self.grid == "pow2":
-      return jnp.exp2(-fractional_bits_for(max_abs, self.container_bits))
+      return power_of_two(-fractional_bits_for(max_abs, self.container_bits))
     return jnp.maximum(max_abs / self.qmax, 1e-12)
 
   def fit(self, w: Array) -> tuple[Array, Array]:
@@ -200,10 +222,20 @@ class NUUQ(Quantizer):
     levels = jax.lax.stop_gradient(state["levels"]).astype(x.dtype)
     return snap_to_levels(x, levels, self.estimator), state
 
-  def levels(self, params: Vars, state: Vars, x: Array | None = None) -> Array:
+  def levels(self, params: Vars, state: Vars, x: Array | None = None,
+             role: str = "weight") -> Array:
     """The N-entry table (ascending; merged levels repeated) for plots and tests."""
-    del params, x
+    del params, x, role
     return state["levels"]
+
+  def weight_codes(self, kernel, params: Vars, state: Vars) -> WeightCodes:
+    """The 'table' layout: a ceil(log2 N)-bit index into the b-bit grid codes of the levels."""
+    w = jnp.asarray(kernel, jnp.float32)
+    scale = codes_lib.per_channel(np.asarray(state["grid_step"], np.float64), w.shape[-1])
+    out = self.apply(w, params, state, "weight", False)[0]
+    values = codes_lib.integer_values(self.describe(), out, scale)
+    return codes_lib.table_codes(self.registry_name, values, scale, self.num_levels,
+                                 self.container_bits)
 
   def storage_stats(self, w: Array, params: Vars, state: Vars) -> dict[str, float]:
     """log2 N, ceil(log2 N) and the index entropy (bits per weight), and the multiplier width."""

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from quantjax.quantizers.base import Array, Quantizer, Vars, check_bits
+from quantjax.quantizers.codes import ActCodes
 from quantjax.quantizers.registry import register
 
 FALLBACK_ALPHA = 6.0
@@ -107,7 +108,14 @@ class PACT(Quantizer):
     self.validate_role(role)
     return pact_quantize(x, self.alpha(params).astype(x.dtype), self.qmax), state
 
-  def levels(self, params: Vars, state: Vars, x: Array | None = None) -> Array:
+  def levels(self, params: Vars, state: Vars, x: Array | None = None,
+             role: str = "weight") -> Array:
     """The 2^b representable values `i·α/(2^b-1)`, i = 0..2^b-1."""
-    del state, x
+    del state, x, role
     return jnp.arange(self.qmax + 1, dtype=jnp.float32) * (self.alpha(params) / self.qmax)
+
+  def act_codes(self, params: Vars, state: Vars) -> ActCodes:
+    """Unsigned uniform codes [0, 2^b-1] at scale `α/(2^b-1)`."""
+    del state
+    return ActCodes(self.registry_name, "uniform", float(self.alpha(params)) / self.qmax,
+                    self.bits, 0, self.qmax, 0)

@@ -17,25 +17,30 @@ def _field(graph, node, name):
 
 
 def _terms(graph, node):
-  """The weight as a list of (integer significand tensor, left shift): w = Σ sig << shift."""
-  family = node["weight"]["family"]
+  """The weight as a list of (integer significand tensor, left shift): w = Σ sig << shift.
+
+  Read by the stored fields alone (their names, as the format's layouts define them), never by
+  the quantizer that wrote them.
+  """
+  names = set(node["weight"]["fields"])
   meta = node["weight"]["meta"]
-  if family in ("uniform", "fixed_point"):
+  if names == {"codes"}:
     return [(_field(graph, node, "codes"), 0)]
-  if family in ("nuuq", "liss"):
+  if names == {"index", "table"}:
     table = np.asarray(graph.tensors[f"{node['out']}.w.table"], np.int64).reshape(-1)
     return [(table[_field(graph, node, "index")], 0)]
   sign = np.where(_field(graph, node, "sign") == 1, -1, 1)
-  if family == "esb" and meta["mid_rise"]:
+  if names == {"sign", "mantissa"}:  # odd integers ±(2m + 1)
     return [(sign * (2 * _field(graph, node, "mantissa") + 1), 0)]
-  if family == "esb":
+  if names == {"sign", "exponent", "mantissa"}:
     L = meta["mantissa_bits"]
     f, mant = _field(graph, node, "exponent"), _field(graph, node, "mantissa")
     terms = [(np.where(f == 0, sign * mant, 0), 0)]  # denormals: mantissa, no shift
     for e in range(1, int(f.max(initial=0)) + 1):  # normals: (2^L + mant) << (e - 1)
       terms.append((np.where(f == e, sign * (2**L + mant), 0), e - 1))
     return terms
-  code = _field(graph, node, "exponent")  # pot: ±1 << (code - 1)
+  assert names == {"sign", "exponent"}, f"unknown weight fields {sorted(names)}"
+  code = _field(graph, node, "exponent")  # ±1 << (code - 1)
   terms = []
   for c in range(1, int(code.max(initial=0)) + 1):
     terms.append((np.where(code == c, sign, 0), c - 1))

@@ -37,7 +37,12 @@ def test_nuuq_storage_figures_from_trained_state():
   assert storage["packed_bits"] == 2 and storage["multiplier_bits"] == 8
   np.testing.assert_allclose(storage["entropy_bits"], 1.5, rtol=1e-5)  # H(1/4, 1/2, 1/4)
   size = model_size_bits(layer_table(LAYERS, plan, variables))
-  np.testing.assert_allclose(size["weight_size_entropy_bits"], 36 * 32 + 2560 * 1.5, rtol=1e-6)
+  # The 3-entry table of 8-bit codes is stored too.
+  np.testing.assert_allclose(size["weight_size_entropy_bits"], 36 * 32 + 2560 * 1.5 + 3 * 8,
+                             rtol=1e-6)
+  assert row["weight_table_bits"] == 3 * 8
+  assert row["weight_size_bits"] == 2560 * np.log2(3) + 3 * 8
+  assert row["weight_multiplier"] == {"kind": "integer", "operand_bits": 8, "shift_bits": 0}
 
 
 def test_post_training_bias_and_output_quantizers_are_listed():
@@ -48,3 +53,14 @@ def test_post_training_bias_and_output_quantizers_are_listed():
   assert rows["conv"]["output_bits"] == 5 and rows["fc"]["output_bits"] == 32
   assert rows["conv"]["bias_quantizer"].startswith("fixed_point")
   assert rows["fc"]["bias_quantizer"] == rows["fc"]["output_quantizer"] == "float"
+
+
+def test_rows_show_what_the_multiplier_sees():
+  plan = resolve(LAYERS, weight={"name": "esb", "bits": 4, "significant_bits": 2},
+                 act={"name": "pot", "bits": 3, "signed": False}, first_layer={"act": None})
+  conv, fc = layer_table(LAYERS, plan)
+  assert conv["weight_multiplier"] == {"kind": "significand_shift", "operand_bits": 2,
+                                       "shift_bits": 2}
+  assert conv["act_multiplier"] == {"kind": "float", "operand_bits": 32, "shift_bits": 0}
+  assert fc["act_multiplier"] == {"kind": "shift", "operand_bits": 3, "shift_bits": 3}
+  assert conv["weight_table_bits"] == 0 and conv["weight_size_bits"] == 4 * 36

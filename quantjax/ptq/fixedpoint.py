@@ -12,21 +12,29 @@ point `(b, F)`. The search:
 3. allows layer `i` of `L` a cumulative relative drop `(acc_fp - acc_q)/acc_fp` of `T·i/L`
    (weights), `T` (biases) and `T + T·i/L` (activations): `budget`;
 4. per layer and component (`search_point`): (a) lowers `b` and `F` together (same range, coarser
-   step) while within budget; (b) then `b` alone (same step, clipping) while within budget;
-   (c) evaluates the 3×3 neighbourhood of `(b, F)` and moves to its most accurate point within
-   budget only if that is at least `tradeoff` (0.15 %, relative to float) more accurate than the
-   current point, or no more expensive and not less accurate; else it keeps the cheaper current
-   point. A layer whose start point is already over budget and has no neighbour within budget
-   gets 4 more bits (same range) once.
+   step) while within budget and, as the authors' published search code does, takes one more
+   diagonal step past the first failing point, keeping the lowest-cost point that passed (a
+   landscape is not monotone: one more bit off the step can pass again); (b) then lowers `b`
+   alone (same step, clipping) while within budget, down to `b = 1` (the only 1-bit symmetric
+   code is 0: the tensor is dropped; most biases end there on MNIST); (c) evaluates the 3×3
+   neighbourhood of `(b, F)` and moves to its most accurate point within budget only if that is
+   at least `tradeoff` (0.15 %, relative to float) more accurate than the current point, or no
+   more expensive and not less accurate; else it keeps the cheaper current point. A layer whose
+   start point is already over budget and has no neighbour within budget gets 4 more bits (same
+   range) once.
+
+`extra_diagonal_step=False, min_bits=2` give this project's earlier reading (stop at the first
+failure, floor at 2 bits); the config fields `ptq.extra_diagonal_step` and `ptq.min_bits` select it.
 
 Candidates differ only in 'quant_state' values of the `fixed_point` quantizer, so one compiled
-evaluation serves the whole search (`quantjax.ptq.evaluator`).
+evaluation serves the whole search (`quantjax.ptq.evaluator`; `quantjax.ptq.suffix` evaluates
+only the layers after the one being searched, and stops a candidate once it cannot pass).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -35,9 +43,13 @@ import jax
 import numpy as np
 from absl import logging
 
+from quantjax.quantizers import fixed_point
+from quantjax.reports import progress
+
 COMPONENTS = ("weight", "bias", "output")  # searched in this order
 PREFIX = {"weight": "kernel", "bias": "bias", "output": "output"}  # quant_state name prefixes
-MIN_BITS, MAX_BITS = 2, 16
+MIN_BITS, MAX_BITS = fixed_point.MIN_BITS, 16  # b = 1: the tensor is dropped (all zeros)
+MIN_START_BITS = 2  # start widths: a 1-bit start has nowhere to go
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -52,8 +64,8 @@ class Point:
 
 
 def start_point(max_abs: float, bits: int) -> Point:
-  """`(b, F)` with `F = b - 1 - ceil(log2 max|x|)`: the largest step that does not clip max|x|."""
-  return Point(bits, int(bits - 1 - math.ceil(math.log2(max(max_abs, 1e-30)))))
+  """`(b, F)` with `F = b - 1 - ceil(log2 max|x|)` (`fixed_point.fractional_bits_for`)."""
+  return Point(bits, int(fixed_point.fractional_bits_for(max_abs, bits)))
 
 
 def budget(component: str, i: int, num_layers: int, threshold: float) -> float:
@@ -67,19 +79,28 @@ def budget(component: str, i: int, num_layers: int, threshold: float) -> float:
   raise ValueError(f"component={component!r} is not valid; choose one of {', '.join(COMPONENTS)}")
 
 
+def passes(acc: float, *, acc_fp: float, allowed: float) -> bool:
+  """Whether accuracy `acc` is within the relative drop `allowed` of `acc_fp`."""
+  return (acc_fp - acc) / acc_fp <= allowed + 1e-12
+
+
 def search_point(evaluate: Callable[[Point], float], start: Point, *, acc_fp: float,
                  allowed: float, tradeoff: float = 0.0015, min_bits: int = MIN_BITS,
-                 max_bits: int = MAX_BITS, log: Callable[[Point, float], None] | None = None,
+                 max_bits: int = MAX_BITS, extra_diagonal_step: bool = True,
+                 log: Callable[[Point, float], None] | None = None,
                  start_acc: float | None = None) -> tuple[Point, float]:
   """One layer's component: steps (a), (b), (c) of the module docstring.
 
   Args:
     evaluate: accuracy of the network with this component at a point (everything else fixed).
+      Only whether a point passes is read for a point that fails, so an evaluator may return
+      any accuracy below the budget for it (an early-stopped count).
     start: the point to start from.
     acc_fp: the float network's accuracy.
     allowed: the relative drop allowed (`budget`).
     tradeoff: relative accuracy gain that pays for the neighbourhood optimum.
-    min_bits, max_bits: the widths considered.
+    min_bits, max_bits: the widths considered (1: a tensor may be dropped).
+    extra_diagonal_step: take one more diagonal step past the first failing point (a).
     log: called with every newly evaluated point and its accuracy.
     start_acc: the accuracy at `start` if already known (it is not evaluated again).
 
@@ -96,12 +117,16 @@ def search_point(evaluate: Callable[[Point], float], start: Point, *, acc_fp: fl
     return seen[p]
 
   def ok(p: Point) -> bool:
-    return (acc_fp - acc(p)) / acc_fp <= allowed + 1e-12
+    return passes(acc(p), acc_fp=acc_fp, allowed=allowed)
 
-  cur = start
+  # (a) the diagonal, ordered by falling cost; the lowest-cost passing point is taken.
+  diagonal = [start]
+  while diagonal[-1].bits > min_bits and ok(diagonal[-1]):
+    diagonal.append(Point(diagonal[-1].bits - 1, diagonal[-1].frac - 1))
+  if extra_diagonal_step and diagonal[-1].bits > min_bits and not ok(diagonal[-1]):
+    diagonal.append(Point(diagonal[-1].bits - 1, diagonal[-1].frac - 1))
+  cur = next((p for p in reversed(diagonal) if ok(p)), start)
   if ok(cur):
-    while cur.bits > min_bits and ok(nxt := Point(cur.bits - 1, cur.frac - 1)):  # (a)
-      cur = nxt
     while cur.bits > min_bits and ok(nxt := Point(cur.bits - 1, cur.frac)):  # (b)
       cur = nxt
   # (c) the 3x3 neighbourhood
@@ -130,14 +155,18 @@ class SearchResult:
   cpu_seconds: float  # CPU time of this process (all threads), steadier on a shared machine
 
 
-def search(evaluate: Callable[[Mapping[tuple[str, str], Point]], float],
-           max_abs: Mapping[tuple[str, str], float], layer_paths: Sequence[str], *,
-           acc_fp: float, threshold: float = 0.005, tradeoff: float = 0.0015,
-           start_bits: Mapping[str, int] | None = None) -> SearchResult:
+def search(evaluate: Callable[..., float], max_abs: Mapping[tuple[str, str], float],
+           layer_paths: Sequence[str], *, acc_fp: float, threshold: float = 0.005,
+           tradeoff: float = 0.0015, start_bits: Mapping[str, int] | None = None,
+           min_bits: int = MIN_BITS, extra_diagonal_step: bool = True,
+           focus: Callable[[Mapping[tuple[str, str], Point], tuple[str, str]], None] | None = None,
+           stop_early: bool = False) -> SearchResult:
   """Goyal et al.'s search over every (layer, component) in `max_abs`.
 
   Args:
-    evaluate: validation accuracy of the network with every component at the given points.
+    evaluate: validation accuracy of the network with every component at the given points,
+      `evaluate(points)`; with `stop_early`, `evaluate(points, passing=predicate)` may stop
+      counting once `predicate(accuracy)` cannot hold and return any failing accuracy.
     max_abs: max|x| of each (layer path, component) tensor (kernel, bias, calibration outputs);
       a layer without a bias has no 'bias' entry.
     layer_paths: the layers in network order.
@@ -145,6 +174,12 @@ def search(evaluate: Callable[[Mapping[tuple[str, str], Point]], float],
     threshold: `T`, the relative accuracy drop the budget schedule builds on (0.005 = 0.5 %).
     tradeoff: relative accuracy gain that pays for a wider neighbourhood point (0.0015).
     start_bits: start widths per component; default weights 12, biases 8, activations 12.
+    min_bits: the lowest width a point may take (1, the authors'; 2, this project's earlier).
+    extra_diagonal_step: the authors' one more diagonal step past the first failure.
+    focus: called with the current points and the (layer, component) about to be searched, before
+      its candidates are evaluated (an evaluator can cache what the candidates share).
+    stop_early: pass `passing` to `evaluate` (see above). The choices are the same; a chosen point
+      that fails its budget is evaluated again in full for its accuracy.
 
   Returns:
     The chosen points, the final validation accuracy and a per-layer history.
@@ -152,10 +187,10 @@ def search(evaluate: Callable[[Mapping[tuple[str, str], Point]], float],
   t0, cpu0 = time.perf_counter(), time.process_time()
   evaluations = 0
 
-  def run(points):
+  def run(points, passing=None):
     nonlocal evaluations
     evaluations += 1
-    return evaluate(points)
+    return evaluate(points) if passing is None else evaluate(points, passing=passing)
 
   start_bits = dict(start_bits or {"weight": 12, "bias": 8, "output": 12})
   while True:
@@ -170,6 +205,8 @@ def search(evaluate: Callable[[Mapping[tuple[str, str], Point]], float],
 
   history = []
   num_layers = len(layer_paths)
+  keys_bar = progress.bar(total=len(points), desc="fixed-point search", unit="tensor")
+  t_search = time.perf_counter()
   for component in COMPONENTS:
     for i, path in enumerate(layer_paths, start=1):
       key = (path, component)
@@ -177,9 +214,12 @@ def search(evaluate: Callable[[Mapping[tuple[str, str], Point]], float],
         continue
       allowed = budget(component, i, num_layers, threshold)
       start, t_layer, before = points[key], time.perf_counter(), evaluations
+      passing = functools.partial(passes, acc_fp=acc_fp, allowed=allowed) if stop_early else None
+      if focus is not None:
+        focus(points, key)
 
-      def at(p, key=key):
-        return run({**points, key: p})
+      def at(p, key=key, passing=passing):
+        return run({**points, key: p}, passing)
 
       def log(p, a, path=path, component=component, i=i, allowed=allowed):
         logging.info("  %s %s (%d/%d) candidate %s: accuracy %.4f, drop %.3f%% (budget %.3f%%)",
@@ -188,17 +228,25 @@ def search(evaluate: Callable[[Mapping[tuple[str, str], Point]], float],
 
       # The start point is the configuration just chosen: its accuracy is known.
       chosen, acc = search_point(at, start, acc_fp=acc_fp, allowed=allowed, tradeoff=tradeoff,
+                                 min_bits=min_bits, extra_diagonal_step=extra_diagonal_step,
                                  log=log, start_acc=acc)
       points[key] = chosen
+      if stop_early and not passing(acc):  # an early-stopped count: the exact one for the record
+        acc = run(points)
       row = {"component": component, "layer": path, "index": i, "start": str(start),
              "bits": chosen.bits, "frac": chosen.frac, "accuracy": acc,
              "drop": (acc_fp - acc) / acc_fp, "budget": allowed,
              "evaluations": evaluations - before, "seconds": time.perf_counter() - t_layer}
       history.append(row)
+      keys_bar.update(1)
+      elapsed = time.perf_counter() - t_search
+      left = elapsed / len(history) * (len(points) - len(history))
       logging.info("fixed-point search: %s %s (%d/%d): %s -> %s, accuracy %.4f, drop %.3f%% "
-                   "(budget %.3f%%), %d evaluations, %.1f s", component, path, i, num_layers,
-                   start, chosen, acc, 100 * row["drop"], 100 * allowed, row["evaluations"],
-                   row["seconds"])
+                   "(budget %.3f%%), %d evaluations, %.1f s; %d/%d tensors, ~%s left",
+                   component, path, i, num_layers, start, chosen, acc, 100 * row["drop"],
+                   100 * allowed, row["evaluations"], row["seconds"], len(history),
+                   len(points), progress.format_duration(left))
+  keys_bar.close()
   return SearchResult(points=points, accuracy=acc, acc_fp=acc_fp, start_bits=start_bits,
                       history=history, num_evaluations=evaluations,
                       seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - cpu0)

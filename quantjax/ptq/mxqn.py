@@ -22,7 +22,6 @@ Every candidate's SQNR, the choice and the bits go into the report (`report_rows
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,6 +32,8 @@ from absl import logging
 from quantjax import quantizers
 from quantjax.intercept import LayerInfo
 from quantjax.ptq.sqnr import quantizer_sqnr
+from quantjax.quantizers.fixed_point import fractional_bits_for
+from quantjax.reports import progress
 
 SCHEMES = ("fixed", "log")
 
@@ -82,15 +83,10 @@ class MxqnConfig:
     return out
 
 
-def _no_clip_frac(max_abs: float, bits: int, signed: bool) -> int:
-  """The largest F whose top code still covers max|x|: `2^(b-1)-1` signed, `2^b-1` unsigned."""
-  top = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
-  return int(math.floor(math.log2(top / max(max_abs, 1e-30))))
-
-
 def best_weight(w: np.ndarray, bits: int, frac_search: int) -> tuple[dict[str, Any], float, list]:
   """The SQNR-best fixed-point weight spec at `bits`, its SQNR and every F tried."""
-  f0 = _no_clip_frac(float(np.max(np.abs(w))), bits, True)
+  # The largest F whose top code still covers max|x| (the start of the SQNR search).
+  f0 = int(fractional_bits_for(float(np.max(np.abs(w))), bits, strict=True))
   tried = []
   for f in range(f0, f0 + frac_search + 1):
     spec = {"name": "fixed_point", "bits": bits, "fractional_bits": f}
@@ -102,7 +98,7 @@ def best_weight(w: np.ndarray, bits: int, frac_search: int) -> tuple[dict[str, A
 def act_candidates(x: np.ndarray, bits: int, cfg: MxqnConfig) -> dict[str, tuple[dict, float]]:
   """{'fixed': (spec, SQNR), 'log': (spec, SQNR)} for an activation tensor at `bits`."""
   signed = bool(np.min(x) < 0)
-  f0 = _no_clip_frac(float(np.max(np.abs(x))), bits, signed)
+  f0 = int(fractional_bits_for(float(np.max(np.abs(x))), bits, signed=signed, strict=True))
   fixed = []
   for f in range(f0, f0 + cfg.frac_search + 1):
     spec = {"name": "uniform", "bits": bits, "signed": signed, "scale_method": "pow2",
@@ -140,7 +136,7 @@ def run(layers: Sequence[LayerInfo], kernels: Mapping[str, np.ndarray],
      report rows with the SQNR of every candidate, the choice and the bits).
   """
   rules, rows = [], []
-  for i, layer in enumerate(layers):
+  for i, layer in enumerate(progress.bar(layers, desc="mxqn", unit="layer")):
     w = np.asarray(kernels[layer.path], np.float32)
     bits = cfg.weight_bits
     w_spec, w_sqnr, w_tried = best_weight(w, bits, cfg.frac_search)

@@ -19,7 +19,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from quantjax.quantizers import codes as codes_lib
 from quantjax.quantizers import estimators
 from quantjax.quantizers.base import (
     Array,
@@ -32,6 +34,8 @@ from quantjax.quantizers.base import (
     ema,
     reduce_to,
 )
+from quantjax.quantizers.fixed_point import fractional_bits_for
+from quantjax.quantizers.floatbits import power_of_two
 from quantjax.quantizers.registry import register
 
 SCALE_METHODS = ("max", "percentile", "mse", "lsq", "pow2")
@@ -83,21 +87,6 @@ def _fake_quant_bwd(grid, residuals, g):
 
 
 fake_quant.defvjp(_fake_quant_fwd, _fake_quant_bwd)
-
-
-def fixed_point_quantize(x: Array, bits: int, fractional_bits: Array | int) -> Array:
-  """Qm.n fixed point: `clip(round(x·2^F), -(2^(b-1)-1), 2^(b-1)-1) · 2^-F` (no gradient rules).
-
-  `fractional_bits` may be a traced array, so a search can vary it without recompiling.
-  """
-  qmax = 2 ** (bits - 1) - 1
-  step = jnp.exp2(-jnp.asarray(fractional_bits, jnp.float32))
-  return jnp.clip(jnp.round(x / step), -qmax, qmax) * step
-
-
-def fractional_bits_for(max_abs: Array, bits: int) -> Array:
-  """`F = b - 1 - ceil(log2 max|x|)`: the largest F that represents max|x| without clipping."""
-  return bits - 1 - jnp.ceil(jnp.log2(jnp.maximum(max_abs, 1e-30)))
 
 
 @register("uniform")
@@ -196,7 +185,7 @@ class Uniform(Quantizer):
           if self.fractional_bits is not None
           else fractional_bits_for(hi, self.bits)
       )
-      return jnp.exp2(-frac), jnp.zeros_like(hi)
+      return power_of_two(-frac), jnp.zeros_like(hi)  # exact: the Qm.n grid (fixed_point.py)
     step = self._step_from_range(lo, hi)
     if self.symmetric:
       return step, jnp.zeros_like(step)
@@ -240,14 +229,44 @@ class Uniform(Quantizer):
     zero_point = jax.lax.stop_gradient(zero_point).astype(x.dtype)
     return fake_quant(x, scale, zero_point, self._grid()), state
 
-  def levels(self, params: Vars, state: Vars, x: Array | None = None) -> Array:
-    """The representable values (per tensor) for plots and tests; weights need `x`."""
-    if self.scale_method == "lsq":
-      scale, zero_point = jnp.abs(params["scale"]), 0.0
-    elif x is not None:
-      lo, hi = self._range(x, per_channel=False)
-      scale, zero_point = self._scale_and_zero(lo, hi)
-    else:
-      scale, zero_point = self._scale_and_zero(state["range_lo"], state["range_hi"])
+  def levels(self, params: Vars, state: Vars, x: Array | None = None,
+             role: str = "weight") -> Array:
+    """`(code - z)·s` for every code: [L], or [C, L] per channel; weights (not LSQ) need `x`."""
+    scale, zero_point = self._scale_and_zero_of(params, state, x, role)
     codes = jnp.arange(self.qmin, self.qmax + 1, dtype=jnp.float32)
-    return (codes - zero_point) * scale
+    return (codes - zero_point[..., None]) * scale[..., None]
+
+  def _scale_and_zero_of(self, params: Vars, state: Vars, x: Array | None,
+                         role: str) -> tuple[Array, Array]:
+    """(s, z) as `apply` uses them (without the training-time moving-average update)."""
+    if self.scale_method == "lsq":
+      scale = jnp.abs(jnp.asarray(params["scale"])) + 1e-8
+      return scale, jnp.zeros_like(scale)
+    if role == "act":
+      return self._scale_and_zero(jnp.asarray(state["range_lo"]), jnp.asarray(state["range_hi"]))
+    if x is None:
+      raise ValueError(f"{self.describe()}: weight levels depend on the weights: pass x")
+    x = jnp.asarray(x, jnp.float32)
+    return self._scale_and_zero(*self._range(x, self.granularity == "channel"))
+
+  def weight_codes(self, kernel, params: Vars, state: Vars) -> codes_lib.WeightCodes:
+    """The 'codes' layout: `v = code - z`, stored as signed codes of `bits` (or more) bits."""
+    w = jnp.asarray(kernel, jnp.float32)
+    scale = self._export_scale(params) if self.scale_method == "lsq" else self._scale_and_zero_of(
+        params, state, w, "weight")[0]
+    scale = codes_lib.per_channel(scale, w.shape[-1])
+    out = self.apply(w, params, state, "weight", False)[0]
+    values = codes_lib.integer_values(self.describe(), out, scale)
+    return codes_lib.plain_codes(self.registry_name, values, scale, self.bits)
+
+  def act_codes(self, params: Vars, state: Vars) -> codes_lib.ActCodes:
+    """Uniform codes [qmin, qmax] with the zero point `z`."""
+    scale, zero = self._scale_and_zero_of(params, state, None, "act")
+    if self.scale_method == "lsq":
+      scale = self._export_scale(params)
+    return codes_lib.ActCodes(self.registry_name, "uniform", float(scale),
+                              self.bits, self.qmin, self.qmax, int(round(float(zero))))
+
+  def _export_scale(self, params: Vars) -> np.ndarray:
+    """The learned step |s| + 1e-8 in float64, as integer export has always computed it."""
+    return np.abs(np.asarray(params["scale"], np.float64)) + 1e-8

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from quantjax import intercept
-from quantjax.quantizers.fixed_point import fixed_point_raw
+from quantjax.quantizers.fixed_point import fixed_point_quantize
 
 
 class ConvDense(nn.Module):
@@ -35,8 +35,8 @@ def setup():
 
 
 def _manual(params, x):
-  q_b = lambda v: fixed_point_raw(v, 4, 2)  # noqa: E731
-  q_o = lambda v: fixed_point_raw(v, 5, 1)  # noqa: E731
+  q_b = lambda v: fixed_point_quantize(v, 4, 2)  # noqa: E731
+  q_o = lambda v: fixed_point_quantize(v, 5, 1)  # noqa: E731
   dn = ("NHWC", "HWIO", "NHWC")
   h = jax.lax.conv_general_dilated(x, params["conv"]["kernel"], (1, 1), "SAME",
                                    dimension_numbers=dn) + q_b(params["conv"]["bias"])
@@ -60,8 +60,8 @@ def test_bias_and_output_match_hand_written_forward(setup):
 
 def test_output_quantizer_commutes_with_relu():
   y = jnp.linspace(-3, 3, 41)
-  np.testing.assert_array_equal(fixed_point_raw(jax.nn.relu(y), 4, 2),
-                                jax.nn.relu(fixed_point_raw(y, 4, 2)))
+  np.testing.assert_array_equal(fixed_point_quantize(jax.nn.relu(y), 4, 2),
+                                jax.nn.relu(fixed_point_quantize(y, 4, 2)))
 
 
 def test_plan_config_keys_and_defaults(setup):
@@ -78,4 +78,4 @@ def test_plan_config_keys_and_defaults(setup):
 
 def test_bad_bias_spec_is_named():
   with pytest.raises(ValueError, match="quant.bias"):
-    intercept.plan.check_quant_config({"weight": None, "bias": {"name": "fixed_point", "bits": 1}})
+    intercept.plan.check_quant_config({"weight": None, "bias": {"name": "fixed_point", "bits": 0}})

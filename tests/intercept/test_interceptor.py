@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from quantjax import intercept, quantizers
-from quantjax.quantizers import uniform
+from quantjax.quantizers import fixed_point
 
 
 class TinyNet(nn.Module):
@@ -155,7 +155,7 @@ def test_variables_live_beside_the_kernel():
 def test_fixed_point_kernel_values_on_grid(setup):
   variables = setup[-1]
   kernel = variables["params"]["conv2"]["kernel"]
-  q = np.asarray(uniform.fixed_point_quantize(kernel, 4, 3))
+  q = np.asarray(fixed_point.fixed_point_quantize(kernel, 4, 3))
   codes = q * 8
   np.testing.assert_array_equal(codes, np.round(codes))
   assert np.abs(codes).max() <= 7

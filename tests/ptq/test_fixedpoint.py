@@ -32,7 +32,7 @@ def test_start_point_does_not_clip():
   assert fixedpoint.start_point(4.0, 8) == Point(8, 5)  # 127/32 < 4: the Goyal rule keeps 4 out
 
 
-def _table_search(table, start, allowed, tradeoff=0.0015):
+def _table_search(table, start, allowed, tradeoff=0.0015, **options):
   """search_point on a dict {(b, F): accuracy}; unknown points are useless (accuracy 0)."""
   calls = []
 
@@ -41,8 +41,11 @@ def _table_search(table, start, allowed, tradeoff=0.0015):
     return table.get((p.bits, p.frac), 0.0)
 
   chosen, acc = fixedpoint.search_point(evaluate, start, acc_fp=1.0, allowed=allowed,
-                                        tradeoff=tradeoff)
+                                        tradeoff=tradeoff, **options)
   return chosen, acc, calls
+
+
+OLD_READING = {"extra_diagonal_step": False, "min_bits": 2}  # stop at the first failure, b >= 2
 
 
 def test_diagonal_then_width_then_neighbourhood_keeps_cheaper_point():
@@ -50,11 +53,58 @@ def test_diagonal_then_width_then_neighbourhood_keeps_cheaper_point():
   table = {(8, 4): 1.0, (7, 3): 0.999, (6, 2): 0.998, (5, 1): 0.9, (5, 2): 0.997, (4, 2): 0.9,
            # neighbourhood of (5, 2): (6, 3) is 0.1 % better: not worth a bit.
            (6, 3): 0.998, (6, 1): 0.99, (5, 3): 0.99, (4, 1): 0.5, (4, 3): 0.5}
-  chosen, acc, calls = _table_search(table, Point(8, 4), allowed=0.005)
+  chosen, acc, calls = _table_search(table, Point(8, 4), allowed=0.005, **OLD_READING)
   assert (chosen, acc) == (Point(5, 2), 0.997)
   assert len(calls) == len(set(calls))  # every point evaluated once
   assert calls[:6] == [Point(8, 4), Point(7, 3), Point(6, 2), Point(5, 1), Point(5, 2),
                        Point(4, 2)]
+  # The authors' search (the default) also tries (4, 0) past the failing (5, 1); it fails too,
+  # so the choice is the same.
+  chosen, acc, calls = _table_search(table, Point(8, 4), allowed=0.005)
+  assert (chosen, acc) == (Point(5, 2), 0.997)
+  assert calls[:7] == [Point(8, 4), Point(7, 3), Point(6, 2), Point(5, 1), Point(4, 0),
+                       Point(5, 2), Point(4, 2)]
+
+
+# A landscape that is not monotone along the diagonal: (6, 2) loses 1 %, (5, 1) only 0.3 %.
+NOT_MONOTONE = {(8, 4): 1.0, (7, 3): 0.999, (6, 2): 0.99, (5, 1): 0.997, (4, 1): 0.99,
+                (5, 2): 0.996, (6, 1): 0.998, (8, 3): 0.999}
+
+
+def test_extra_diagonal_step_is_taken_and_used_when_it_passes():
+  chosen, acc, calls = _table_search(NOT_MONOTONE, Point(8, 4), allowed=0.005)
+  # (5, 1) passed, so the diagonal ends there and (b) follows at once with (4, 1).
+  assert calls[:5] == [Point(8, 4), Point(7, 3), Point(6, 2), Point(5, 1), Point(4, 1)]
+  # (5, 1) passed past the failing (6, 2): the lowest-cost passing point; (b) then tries (4, 1),
+  # which fails; in (c), (6, 1) is 0.1 % better (< 0.15 %) for one more bit: keep (5, 1).
+  assert (chosen, acc) == (Point(5, 1), 0.997)
+  # The earlier reading stops at (6, 2) and keeps (7, 3) (its neighbours fail or do not pay).
+  chosen, acc, calls = _table_search(NOT_MONOTONE, Point(8, 4), allowed=0.005, **OLD_READING)
+  assert (chosen, acc) == (Point(7, 3), 0.999)
+  assert Point(5, 1) not in calls
+
+
+def test_extra_diagonal_step_is_not_used_when_it_fails():
+  table = {**NOT_MONOTONE, (5, 1): 0.9}
+  chosen, acc, calls = _table_search(table, Point(8, 4), allowed=0.005)
+  # One step past the failing (6, 2) and no further: (b) from (7, 3) follows with (6, 3).
+  assert calls[:5] == [Point(8, 4), Point(7, 3), Point(6, 2), Point(5, 1), Point(6, 3)]
+  assert (chosen, acc) == (Point(7, 3), 0.999)
+
+
+def test_width_reaches_one_bit_where_dropping_the_tensor_costs_nothing():
+  # A bias whose quantization never matters: every (b, F) with b >= 1 keeps the accuracy.
+  table = {(b, f): 1.0 for b in range(1, 9) for f in range(-12, 8)}
+  chosen, acc, calls = _table_search(table, Point(8, 4), allowed=0.005)
+  assert chosen.bits == 1 and acc == 1.0
+  assert calls[:8] == [Point(8 - k, 4 - k) for k in range(8)]  # the diagonal down to (1, -3)
+  assert min(p.bits for p in calls) == 1  # b = 0 is never tried
+  chosen, _, calls = _table_search(table, Point(8, 4), allowed=0.005, **OLD_READING)
+  assert chosen.bits == 2 and min(p.bits for p in calls) == 2
+  # (b) lowers b alone down to 1 too: the diagonal fails at (4, 0), the width does not matter.
+  table = {(b, f): (1.0 if f >= 1 else 0.0) for b in range(1, 9) for f in range(-12, 8)}
+  chosen, _, calls = _table_search(table, Point(8, 4), allowed=0.005)
+  assert Point(1, 1) in calls and chosen.bits == 1
 
 
 def test_neighbourhood_optimum_taken_when_it_pays():
@@ -114,7 +164,7 @@ def test_tiny_model_search_matches_brute_force_and_compiles_once(tiny):
   result = fixedpoint.search(accuracy, max_abs, ["fc"], acc_fp=1.0, threshold=threshold,
                              tradeoff=1.0)
   chosen = result.points[("fc", "weight")]
-  within = [(b, f) for b, f in itertools.product(range(2, 13), range(-4, 16))
+  within = [(b, f) for b, f in itertools.product(range(1, 13), range(-4, 16))
             if 1.0 - accuracy({("fc", "weight"): Point(b, f)}) <= threshold]
   fewest = min(b for b, _ in within)
   assert chosen.bits == fewest, (chosen, sorted(within)[:5])

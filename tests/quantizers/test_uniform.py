@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quantjax import quantizers
-from quantjax.quantizers import uniform
+from quantjax.quantizers import fixed_point
 
 
 def _q(x, **fields):
@@ -21,7 +21,8 @@ def test_fixed_point_example_of_goyal():
   x = [0.3, -7.0, 5.0, 100.0]
   np.testing.assert_array_equal(_q(x, bits=3, scale_method="pow2", fractional_bits=-1),
                                 [0.0, -6.0, 4.0, 6.0])
-  np.testing.assert_array_equal(uniform.fixed_point_quantize(jnp.array(x), 3, -1), [0, -6, 4, 6])
+  np.testing.assert_array_equal(fixed_point.fixed_point_quantize(jnp.array(x), 3, -1),
+                                [0, -6, 4, 6])
 
 
 def test_fixed_point_fraction_larger_than_bits():
@@ -33,7 +34,7 @@ def test_fixed_point_fraction_larger_than_bits():
 def test_fixed_point_fraction_from_max_does_not_clip():
   # max|x| = 5 -> F = 3 - 1 - ceil(log2 5) = -1: step 2, codes [-3, 3].
   x = jnp.array([5.0, -3.0, 0.9])
-  f = uniform.fractional_bits_for(jnp.max(jnp.abs(x)), 3)
+  f = fixed_point.fractional_bits_for(jnp.max(jnp.abs(x)), 3)
   assert float(f) == -1.0
   np.testing.assert_array_equal(_q(x, bits=3, scale_method="pow2"), [4.0, -4.0, 0.0])
 

@@ -7,11 +7,12 @@ from typing import Any
 from quantjax.export.graph import Graph
 from quantjax.export.lower import lower
 from quantjax.train import checkpoint, experiment
+from quantjax.workdir import Workdir
 
 
 def load_run(workdir: str, step: int | None = None) -> tuple[experiment.Experiment, dict, int]:
   """(experiment, variables as NumPy, step) of a workdir's latest (or `step`) checkpoint."""
-  config = checkpoint.load_config(workdir)
+  config = Workdir(workdir).load_config()
   exp = experiment.build(config, quantized=True, training=False)
   variables, step = checkpoint.restore_variables(workdir, step)
   return exp, {k: v for k, v in variables.items() if v}, step

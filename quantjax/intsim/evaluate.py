@@ -13,7 +13,7 @@ from quantjax.intercept import quantized_apply
 from quantjax.intsim.accelerator import Accelerator
 from quantjax.intsim.emulator import Emulator
 from quantjax.intsim.report import hardware_report
-from quantjax.train import checkpoint
+from quantjax.workdir import Workdir, write_json_atomic
 
 SPLITS = ("train", "validation", "test")
 
@@ -71,8 +71,7 @@ def evaluate_int(workdir: str, *, split: str = "test", step: int | None = None,
                              "rounding": accel.rounding, "mac": accel.mac},
              "accuracy": result["accuracy_int"], **result}
   # One file per accelerator setting: a run on a narrower accumulator keeps the 32-bit result.
-  output = output or os.path.join(
-      workdir, f"eval_{split}_int_acc{accel.acc_bits}_{accel.overflow}_{accel.rounding}_"
-      f"{accel.mac}_{step}.json")
-  checkpoint.write_json_atomic(output, summary)
+  output = output or Workdir(workdir).eval_file(
+      split, "int", step, f"acc{accel.acc_bits}_{accel.overflow}_{accel.rounding}_{accel.mac}")
+  write_json_atomic(output, summary)
   return summary

@@ -17,6 +17,7 @@ A workdir that already holds a finished PTQ run is not redone: its summary is re
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -28,14 +29,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
 from quantjax.intercept import QUANT_STATE, quantized_apply
-from quantjax.ptq import calibration, fixedpoint, mxqn
+from quantjax.ptq import calibration, fixedpoint, mxqn, suffix
 from quantjax.ptq.evaluator import Evaluator
 from quantjax.train import checkpoint, evaluate, experiment, sharding
+from quantjax.workdir import Workdir
 
 METHODS = ("fixedpoint", "mxqn")
 CRITERIA = ("accuracy", "agreement")
@@ -73,9 +74,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"ptq.tradeoff={ptq.tradeoff!r} is out of range; valid: [0, 1)")
     for k in fixedpoint.COMPONENTS:
       b = ptq.start_bits[k]
-      if not isinstance(b, int) or not fixedpoint.MIN_BITS <= b <= fixedpoint.MAX_BITS:
+      if not isinstance(b, int) or not fixedpoint.MIN_START_BITS <= b <= fixedpoint.MAX_BITS:
         raise ValueError(f"ptq.start_bits.{k}={b!r} is out of range; valid: integers "
-                         f"{fixedpoint.MIN_BITS} to {fixedpoint.MAX_BITS}")
+                         f"{fixedpoint.MIN_START_BITS} to {fixedpoint.MAX_BITS}")
+    b = ptq.get("min_bits", fixedpoint.MIN_BITS)
+    if not isinstance(b, int) or isinstance(b, bool) or not (
+        fixedpoint.MIN_BITS <= b <= fixedpoint.MAX_BITS):
+      raise ValueError(f"ptq.min_bits={b!r} is out of range; valid: integers "
+                       f"{fixedpoint.MIN_BITS} to {fixedpoint.MAX_BITS}")
+    for name in ("extra_diagonal_step", "fast_search"):
+      if not isinstance(ptq.get(name, True), bool):
+        raise ValueError(f"ptq.{name}={ptq.get(name)!r} must be True or False")
   else:
     mxqn_config(ptq)
 
@@ -125,13 +134,17 @@ def _result_config(config, rules) -> ml_collections.ConfigDict:
   return out
 
 
-def _fixed_point(exp, variables, records, evaluate_on, acc_fp, ptq):
+def search_fixed_point(exp, variables, records, val_images, val_labels, acc_fp, ptq, *,
+                       stop_early: bool = True):
   """Goyal et al.'s search; returns (rules, report).
 
   `ptq.criterion='accuracy'` (the paper's) measures each candidate's accuracy on the validation
   labels; 'agreement' measures the fraction of validation images on which it predicts what the
   float network predicts (the float network then scores 1, and every changed prediction counts as
   a loss, so the search cannot spend a lucky gain on the small validation split).
+  `ptq.fast_search` evaluates each candidate from the layer being searched on
+  (`quantjax.ptq.suffix`) and, with `stop_early`, stops counting a candidate once it cannot pass;
+  the choices are those of the plain search (`bench/ptq_search_time.py` times each).
   """
   layers = exp.layers
   spec = {"name": "fixed_point"}
@@ -151,17 +164,29 @@ def _fixed_point(exp, variables, records, evaluate_on, acc_fp, ptq):
       variables, jnp.asarray(calib), train=False, mutable=[QUANT_STATE])
   base = jax.device_get(created[QUANT_STATE])
   criterion = ptq.get("criterion", "accuracy")
-  evaluator = evaluate_on(plan, against_float=variables if criterion == "agreement" else None)
+  labels = val_labels
   if criterion == "agreement":
+    labels = float_predictions(exp.model, variables, val_images)
     acc_fp = 1.0
+  batch_size = min(exp.config.eval_batch_size, len(val_images))
+  layer_paths = [layer.path for layer in layers]
+  if ptq.get("fast_search", True):
+    evaluator = suffix.PointAccuracy.build(exp.model, plan, layer_paths, variables, base,
+                                           val_images, labels, batch_size=batch_size)
+    accuracy, focus = evaluator.accuracy, evaluator.focus
+  else:
+    evaluator, focus = Evaluator(exp.model, plan, val_images, labels, batch_size=batch_size), None
 
-  def accuracy(points):
-    return evaluator({**variables, QUANT_STATE: fixedpoint.quant_state(base, points)})
+    def accuracy(points):
+      return evaluator({**variables, QUANT_STATE: fixedpoint.quant_state(base, points)})
 
   result = fixedpoint.search(
-      accuracy, max_abs, [layer.path for layer in layers], acc_fp=acc_fp,
+      accuracy, max_abs, layer_paths, acc_fp=acc_fp,
       threshold=float(ptq.threshold), tradeoff=float(ptq.tradeoff),
-      start_bits={k: int(ptq.start_bits[k]) for k in fixedpoint.COMPONENTS})
+      start_bits={k: int(ptq.start_bits[k]) for k in fixedpoint.COMPONENTS},
+      min_bits=int(ptq.get("min_bits", fixedpoint.MIN_BITS)),
+      extra_diagonal_step=bool(ptq.get("extra_diagonal_step", True)),
+      focus=focus, stop_early=stop_early and focus is not None)
   rules = []
   for layer in layers:
     rule = {"pattern": re.escape(layer.path)}
@@ -175,6 +200,8 @@ def _fixed_point(exp, variables, records, evaluate_on, acc_fp, ptq):
       "validation_accuracy_search": result.accuracy, "start_bits": result.start_bits,
       "threshold": float(ptq.threshold), "tradeoff": float(ptq.tradeoff),
       "evaluations": result.num_evaluations, "compilations": evaluator.num_traces,
+      "fast_search": focus is not None, "stop_early": stop_early and focus is not None,
+      "record_compilations": evaluator.evaluator.num_record_traces if focus else 0,
       "search_seconds": result.seconds, "search_cpu_seconds": result.cpu_seconds,
       "history": result.history,
   }
@@ -196,16 +223,16 @@ def _markdown_fixed_point(report) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Raises unless `workdir`'s finished run was made by this post-training config."""
-  recorded = checkpoint.load_config(workdir)
+def _check_same_run(config: ml_collections.ConfigDict, wd: Workdir) -> None:
+  """Raises unless `wd`'s finished run was made by this post-training config."""
+  recorded = wd.load_config()
   for field in ("mode", "ptq", "init_from", "model", "dataset"):
     old, new = recorded.get(field), config.get(field)
     old = old.to_dict() if hasattr(old, "to_dict") else old
     new = new.to_dict() if hasattr(new, "to_dict") else new
     if json.dumps(old, sort_keys=True, default=str) != json.dumps(new, sort_keys=True,
                                                                   default=str):
-      raise ValueError(f"workdir {workdir!r} holds a run with a different {field} "
+      raise ValueError(f"workdir {wd.path!r} holds a run with a different {field} "
                        f"({str(old)[:80]!r}); use a new --workdir")
 
 
@@ -216,15 +243,26 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     The summary (also `<workdir>/summary.json`).
   """
   check_config(config)
-  summary_path = os.path.join(workdir, "summary.json")
-  if checkpoint.has_checkpoints(workdir):
-    if os.path.exists(summary_path):
-      _check_same_run(config, workdir)
+  wd = Workdir(workdir)
+  if wd.has_checkpoints():
+    summary = wd.read_summary()
+    if summary is not None:
+      _check_same_run(config, wd)
       logging.info("%s already holds a finished post-training run; not redone", workdir)
-      with open(summary_path) as f:
-        return json.load(f)
+      return summary
     raise ValueError(f"workdir {workdir!r} holds checkpoints but no summary.json; use a new "
                      "--workdir")
+  lead = jax.process_index() == 0
+  if lead:
+    wd.create()
+  with wd.lock() if lead else contextlib.nullcontext():
+    return _quantize(config, wd, lead)
+
+
+def _quantize(config: ml_collections.ConfigDict, wd: Workdir, lead: bool) -> dict[str, Any]:
+  """The body of `run`, holding the workdir's lock."""
+  if wd.has_checkpoints():  # made by another process meanwhile
+    raise ValueError(f"workdir {wd.path!r} holds checkpoints made meanwhile; use a new --workdir")
   exp = experiment.build(config, quantized=False, training=False)
   ptq = config.ptq
   t0 = time.perf_counter()
@@ -235,21 +273,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       num_batches=int(ptq.calibration_batches))
   variables = _float_variables(exp, config.init_from, jnp.asarray(calib_images))
 
-  def evaluate_on(plan, against_float=None):
-    """Validation accuracy, or agreement with the float network's predictions."""
-    labels = val_labels
-    if against_float is not None:
-      labels = float_predictions(exp.model, against_float, val_images)
-    return Evaluator(exp.model, plan, val_images, labels,
-                     batch_size=min(config.eval_batch_size, len(val_images)))
-
-  acc_fp = acc_fp_labels = evaluate_on(None)(variables)
+  acc_fp = acc_fp_labels = Evaluator(
+      exp.model, None, val_images, val_labels,
+      batch_size=min(config.eval_batch_size, len(val_images)))(variables)
   records = calibration.record_layers(exp.model, variables, calib_images)
   logging.info("float validation accuracy %.4f; calibrated on %d validation images",
                acc_fp, len(calib_images))
 
   if ptq.method == "fixedpoint":
-    rules, report = _fixed_point(exp, variables, records, evaluate_on, acc_fp, ptq)
+    rules, report = search_fixed_point(exp, variables, records, val_images, val_labels, acc_fp,
+                                       ptq)
     table = _markdown_fixed_point(report)
   else:
     kernels = {layer.path: _nested(variables["params"], layer.path)["kernel"]
@@ -277,22 +310,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                   ptq={k: v for k, v in report.items()
                                        if k not in ("history", "layers")},
                                   float_checkpoint=os.path.abspath(config.init_from))
-  lead = jax.process_index() == 0
-  mngr = checkpoint.manager(workdir, max_to_keep=1)
+  mngr = checkpoint.manager(wd, max_to_keep=1)
   tree = {"step": 0, **{k: final[k] for k in ("params", "batch_stats", QUANT_STATE)
                         if final.get(k)}}
-  mngr.save(0, args=ocp.args.StandardSave(tree), force=True)
-  mngr.wait_until_finished()
-  mngr.close()
+  try:
+    checkpoint.save_tree(mngr, wd, 0, tree)
+  finally:
+    mngr.close()
   if lead:
-    checkpoint.record_config(out_config, workdir)
-    checkpoint.write_json_atomic(os.path.join(workdir, f"{REPORT}.json"), report)
-    with open(os.path.join(workdir, f"{REPORT}.md"), "w") as f:
-      f.write(table)
-    checkpoint.write_json_atomic(summary_path, summary)
+    wd.record_config(out_config)
+    wd.write_json(f"{REPORT}.json", report)
+    wd.write_text(f"{REPORT}.md", table)
+    wd.write_summary(summary)
   logging.info("%s: test accuracy %.4f (validation %.4f, float validation %.4f); memory "
                "%.1f%% and multiplication cost %.1f%% below all-8-bit; summary in %s",
                ptq.method, results["test"]["accuracy"], results["validation"]["accuracy"],
                acc_fp, 100 * summary["cost"]["reduction_vs_8bit"]["memory_bits"],
-               100 * summary["cost"]["reduction_vs_8bit"]["mult_cost"], workdir)
+               100 * summary["cost"]["reduction_vs_8bit"]["mult_cost"], wd.path)
   return summary

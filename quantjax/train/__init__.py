@@ -2,5 +2,6 @@
 
 from quantjax.train.evaluate import evaluate_workdir
 from quantjax.train.loop import NaNLossError, train_and_evaluate
+from quantjax.train.preemption import Preempted
 
-__all__ = ["NaNLossError", "evaluate_workdir", "train_and_evaluate"]
+__all__ = ["NaNLossError", "Preempted", "evaluate_workdir", "train_and_evaluate"]

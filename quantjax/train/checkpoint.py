@@ -1,14 +1,12 @@
-"""Orbax checkpoints in `<workdir>/checkpoints`, resume, and the workdir's config record.
+"""Orbax checkpoints of a TrainState in `<workdir>/checkpoints`, saved with checksums.
 
-The config a workdir was created with is kept in `<workdir>/config.json`. Resuming with a config
-that changes what the checkpoint holds (model, dataset, quantization) is refused with a one-line
-error before any work, so a checkpoint is never overwritten by an incompatible run.
+Where the steps live, which step is intact and the config record belong to
+`quantjax.workdir.Workdir`; this module reads and writes the Orbax trees. A save is finished
+(Orbax waited for) and then given its manifest, so a step with a manifest is complete.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import jax
@@ -16,21 +14,13 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-CONFIG_FILE = "config.json"
-# Fields that change the shape or meaning of what a checkpoint holds.
-STRUCTURAL_FIELDS = ("dataset", "model", "model_kwargs", "quant")
+from quantjax.workdir import Workdir
 
 
-def manager(workdir: str, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
-  path = os.path.join(os.path.abspath(workdir), "checkpoints")
+def manager(workdir: Workdir | str, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
+  wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-  return ocp.CheckpointManager(path, options=options)
-
-
-def has_checkpoints(workdir: str) -> bool:
-  """Whether `workdir` holds at least one saved step (without creating anything)."""
-  path = os.path.join(os.path.abspath(workdir), "checkpoints")
-  return os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path))
+  return ocp.CheckpointManager(wd.checkpoints_dir, options=options)
 
 
 def state_tree(state) -> dict[str, Any]:
@@ -44,43 +34,47 @@ def state_tree(state) -> dict[str, Any]:
   }
 
 
-def save(mngr: ocp.CheckpointManager, state) -> None:
+def save_tree(mngr: ocp.CheckpointManager, wd: Workdir, step: int, tree: dict[str, Any]) -> None:
+  """Saves `tree` as `step`, waits for Orbax, then writes the step's manifest."""
+  mngr.save(step, args=ocp.args.StandardSave(tree), force=True)
+  mngr.wait_until_finished()
+  wd.finish_checkpoint(step)
+
+
+def save(mngr: ocp.CheckpointManager, wd: Workdir, state) -> int:
   step = int(jax.device_get(state.step))
-  mngr.save(step, args=ocp.args.StandardSave(state_tree(state)), force=True)
+  save_tree(mngr, wd, step, state_tree(state))
+  return step
 
 
-def restore_into(mngr: ocp.CheckpointManager, state, step: int | None = None):
-  """Restores the latest (or `step`) checkpoint into `state`'s structure and shardings."""
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    return state
+def restore_into(mngr: ocp.CheckpointManager, state, step: int):
+  """Restores checkpoint `step` (checked by `Workdir.intact_step`) into `state`'s structure."""
   target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state_tree(state))
   try:
     tree = mngr.restore(step, args=ocp.args.StandardRestore(target))
   except Exception as e:  # noqa: BLE001  orbax raises many types for a bad checkpoint
     raise ValueError(
-        f"checkpoint {mngr.directory}/{step} cannot be restored: {_first_line(e)}") from e
+        f"checkpoint {mngr.directory}/{step} cannot be restored: {_first_line(e)}") from None
   return state.replace(**tree)
 
 
 def restore_variables(workdir: str, step: int | None = None) -> tuple[dict[str, Any], int]:
-  """Raw `{'params', 'batch_stats', 'quant_state'}` of a workdir's checkpoint, and its step."""
-  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(ckpt_dir):
-    raise ValueError(f"no checkpoints in {workdir!r} (expected {ckpt_dir})")
-  mngr = ocp.CheckpointManager(ckpt_dir)
-  steps = mngr.all_steps()
-  if not steps:
-    raise ValueError(f"no checkpoints in {ckpt_dir}")
-  step = max(steps) if step is None else step
-  if step not in steps:
-    raise ValueError(f"checkpoint step {step} not in {workdir!r}; available steps: "
-                     f"{', '.join(map(str, sorted(steps)))}")
+  """Raw `{'params', 'batch_stats', 'quant_state'}` of a workdir's checkpoint, and its step.
+
+  `step=None` reads the newest intact step (a damaged newer one is reported and skipped).
+  """
+  wd = Workdir(workdir)
+  step = wd.intact_step(step)
+  if step is None:
+    raise ValueError(f"no checkpoints in {workdir!r} (expected {wd.checkpoints_dir})")
+  mngr = ocp.CheckpointManager(wd.checkpoints_dir)
   try:
     tree = mngr.restore(step, args=ocp.args.StandardRestore())
   except Exception as e:  # noqa: BLE001
-    raise ValueError(f"checkpoint {ckpt_dir}/{step} cannot be restored: {_first_line(e)}") from e
-  mngr.close()
+    raise ValueError(f"checkpoint {wd.step_dir(step)} cannot be restored: "
+                     f"{_first_line(e)}") from None
+  finally:
+    mngr.close()  # an open manager's threads outlive an error and abort the interpreter's exit
   variables = {k: tree.get(k) or {} for k in ("params", "batch_stats", "quant_state")}
   return jax.tree_util.tree_map(np.asarray, variables), step
 
@@ -90,68 +84,10 @@ def _first_line(e: Exception) -> str:
   return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
-# -- the workdir's config record ------------------------------------------------------------------
-
-
-def _canonical(value: Any) -> Any:
-  if isinstance(value, ml_collections.ConfigDict):
-    value = value.to_dict()
-  if isinstance(value, dict):
-    return {k: _canonical(v) for k, v in sorted(value.items())}
-  if isinstance(value, (list, tuple)):
-    return [_canonical(v) for v in value]
-  return value
-
-
+# Kept for bench/accuracy_table.py and its test (owned elsewhere); new code calls Workdir.
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with (written by `record_config`)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise ValueError(f"{path} not found: is {workdir!r} a quantjax workdir?")
-  try:
-    with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON: {e}") from None
-
-
-def check_compatible(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Raises if `workdir` holds checkpoints made with a different model/dataset/quantization."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    return
-  old = _canonical(load_config(workdir))
-  new = _canonical(config)
-  for field in STRUCTURAL_FIELDS:
-    if old.get(field) != new.get(field):
-      raise ValueError(
-          f"workdir {workdir!r} holds checkpoints made with {field}={_short(old.get(field))}, "
-          f"but this config has {field}={_short(new.get(field))}; use a new --workdir"
-      )
-
-
-def _short(value: Any, limit: int = 120) -> str:
-  text = json.dumps(value, sort_keys=True)
-  return text if len(text) <= limit else text[: limit - 3] + "..."
+  return Workdir(workdir).load_config()
 
 
 def record_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes the config into the workdir (atomically)."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
-  write_json_atomic(path, _canonical(config))
-
-
-def write_json_atomic(path: str, data: Any) -> None:
-  """Writes JSON via a temporary file and a rename, so a crash never leaves half a file."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(data, f, indent=2, sort_keys=True, default=_json_default)
-    f.write("\n")
-  os.replace(tmp, path)
-
-
-def _json_default(value: Any) -> Any:
-  if isinstance(value, (np.generic, np.ndarray)) or hasattr(value, "__array__"):
-    return np.asarray(value).tolist()
-  raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+  Workdir(workdir).record_config(config)

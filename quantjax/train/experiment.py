@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
@@ -14,6 +15,39 @@ from quantjax.intercept import LayerInfo, QuantPlan, discover_layers, plan_from_
 from quantjax.intercept.plan import check_quant_config
 
 MODES = ("train", "ptq")  # gradient training (float or QAT) | post-training quantization
+
+
+# (field, lowest valid value, whether the lowest is allowed, kind): values outside cannot make
+# sense (a negative learning rate ascends the loss; keep_checkpoints=0 deletes the final one).
+_TRAINING_RANGES = (
+    ("learning_rate", 0.0, False, float),
+    ("keep_checkpoints", 1, True, int),
+    ("log_every_steps", 1, True, int),
+    ("checkpoint_every_steps", 1, True, int),
+    ("eval_every_epochs", 0.0, True, float),
+    ("warmup_epochs", 0.0, True, float),
+    ("weight_decay", 0.0, True, float),
+    ("grad_clip_norm", 0.0, True, float),
+    ("num_devices", 0, True, int),
+)
+
+
+def check_training_values(config: ml_collections.ConfigDict) -> None:
+  """Raises a one-line ValueError for a training field whose value cannot make sense."""
+  for name, low, inclusive, kind in _TRAINING_RANGES:
+    if name not in config:
+      continue
+    value = config[name]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int and number and float(value) != int(value):
+      number = False
+    if not number or math.isnan(value) or (value < low if inclusive else value <= low):
+      valid = f"{'at least' if inclusive else 'above'} {low}"
+      raise ValueError(f"{name}={value!r} cannot be used; valid: "
+                       f"{'an integer' if kind is int else 'a number'} {valid}")
+  momentum = config.get("momentum", 0.0)
+  if not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
+    raise ValueError(f"momentum={momentum!r} cannot be used; valid: [0, 1)")
 
 
 @dataclasses.dataclass
@@ -43,6 +77,8 @@ def build(config: ml_collections.ConfigDict, *, quantized: bool = True,
       raise ValueError(f"{name}={config.get(name)!r} must be a positive integer")
   if config.num_epochs <= 0:
     raise ValueError(f"num_epochs={config.num_epochs!r} must be positive")
+  if training:
+    check_training_values(config)
   init_from = (config.get("init_from") or "") if training else ""
   if training and config.get("require_init_from") and not init_from:
     raise ValueError("this config fine-tunes a float checkpoint: set "
@@ -56,7 +92,8 @@ def build(config: ml_collections.ConfigDict, *, quantized: bool = True,
     check_quant_config(config.get("quant"))
   if config.model not in models.model_names():
     models.get_model(config.model, num_classes=2)  # raises the registry's error
-  dataset = data.get_dataset(config.dataset, data_dir=config.get("data_dir") or None)
+  dataset = data.get_dataset(config.dataset, data_dir=config.get("data_dir") or None,
+                             source_dir=config.get("source_dir") or None)
   model = models.get_model(config.model, num_classes=dataset.spec.num_classes, **model_kwargs)
   layers = discover_layers(model, sample_input(dataset.spec.image_shape), train=False)
   plan = plan_from_config(config.get("quant"), layers) if quantized else QuantPlan()

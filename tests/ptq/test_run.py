@@ -100,3 +100,19 @@ def test_bad_configs_fail_before_work(data_dir, tmp_path, float_run):
   config.ptq.criterion = "loss"
   with pytest.raises(ValueError, match="criterion='loss'.*accuracy, agreement"):
     ptq.run(config, str(tmp_path / "d"))
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("min_bits", 0, r"ptq.min_bits=0 is out of range; valid: integers 1 to 16"),
+    ("min_bits", 17, r"ptq.min_bits=17 is out of range"),
+    ("extra_diagonal_step", "yes", r"ptq.extra_diagonal_step='yes' must be True or False"),
+    ("fast_search", 1, r"ptq.fast_search=1 must be True or False"),
+])
+def test_bad_search_fields_are_one_line_errors(field, value, match, tmp_path):
+  config = ptq_fixedpoint.get_config()
+  config.init_from = str(tmp_path)  # checked after the ptq block
+  os.makedirs(tmp_path / "checkpoints")
+  with config.ptq.ignore_type():
+    setattr(config.ptq, field, value)
+  with pytest.raises(ValueError, match=match):
+    ptq.run(config, str(tmp_path / "out"))

@@ -4,9 +4,12 @@
 index: per tensor its shape, stored bit width, signedness, byte offset and byte length in
 `tensors.bin`. Each tensor is packed to its real width, `bits` per value, little-endian bit order
 (two's complement for signed values), so a 4-bit index takes half a byte and a 3-bit one 3/8.
-`load` validates everything before returning: the format name and version, every tensor a node
-needs, shapes against the nodes, and the data file's length; each problem is a one-line
-ValueError.
+`manifest.json`, written last, holds both files' SHA-256 checksums. `load` validates everything
+before returning: the format name and version, every node (its op known, its fields present, its
+inputs made by an earlier node), every tensor a node needs, shapes against the nodes, shifts in
+[0, 62], the data file's length (no bytes missing, none trailing), and the checksums; each problem
+is a one-line ValueError. An export made before manifests existed is read with a one-line note.
+The schema and each op's integer arithmetic are written out in docs/FORMAT.md.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ import math
 import os
 
 import numpy as np
+from absl import logging
 
 from quantjax.export.graph import FORMAT_VERSION, Graph
+from quantjax.export.rescale import MAX_SHIFT
+from quantjax.workdir import manifest
 
 FORMAT_NAME = "quantjax-int"
 GRAPH_FILE = "graph.json"
@@ -52,8 +58,18 @@ def packed_bytes(count: int, bits: int) -> int:
 
 
 def save(graph: Graph, path: str) -> None:
-  """Writes `graph` to the directory `path` (created; existing files there are replaced)."""
-  os.makedirs(path, exist_ok=True)
+  """Writes `graph` to the directory `path` (created; existing files there are replaced).
+
+  The manifest goes last, and an old one first: an export cut short has none that matches.
+  """
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"{path!r} is a file; the export is a directory (give a new path)")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"cannot create {path!r}: {e.strerror or e}") from None
+  if manifest.has_manifest(path):
+    os.remove(os.path.join(path, manifest.MANIFEST))
   index = {}
   chunks = []
   offset = 0
@@ -76,6 +92,7 @@ def save(graph: Graph, path: str) -> None:
   with open(tmp, "w") as f:
     json.dump(doc, f, indent=1)
   os.replace(tmp, os.path.join(path, GRAPH_FILE))
+  manifest.write(path, [GRAPH_FILE, DATA_FILE])
 
 
 def _required_tensors(node: dict) -> dict[str, tuple[int, ...] | None]:
@@ -129,20 +146,92 @@ def load(path: str) -> Graph:
   for key in ("meta", "nodes", "tensors"):
     if key not in doc:
       raise ValueError(f"{graph_file}: missing {key!r}")
+  _check_nodes(doc["nodes"], graph_file)
   with open(data_file, "rb") as f:
     data = f.read()
   try:
-    return _parse(doc, data, graph_file, data_file)
+    graph = _parse(doc, data, graph_file, data_file)
   except (KeyError, TypeError, AttributeError) as e:  # a malformed entry in graph.json
     raise ValueError(f"{graph_file}: malformed entry ({type(e).__name__}: {e}); re-export "
                      "the model") from None
+  if manifest.has_manifest(path):
+    problem = manifest.check(path)
+    if problem:
+      raise ValueError(f"export {path!r} is damaged: {problem}; re-export the model")
+  else:
+    logging.info("export %s has no %s (made before checksums); read unchecked", path,
+                 manifest.MANIFEST)
+  return graph
+
+
+# The fields every node of an op needs (what the emulator and the reports read).
+NODE_FIELDS = {
+    "input": ("out", "shape"),
+    "conv": ("name", "in", "out", "decode", "kernel_shape", "weight", "strides", "padding"),
+    "dense": ("name", "in", "out", "decode", "kernel_shape", "weight"),
+    "relu": ("in", "out", "zero"),
+    "maxpool": ("in", "out", "window", "strides"),
+    "sumpool": ("in", "out", "count"),
+    "flatten": ("in", "out"),
+    "requant": ("in", "out", "decode", "kind"),
+    "add": ("a", "b", "in", "out"),
+}
+_REQUANT_FIELDS = {"dyadic": ("qmin", "qmax", "zero_point"), "threshold": ("num_levels",)}
+_WEIGHT_FIELDS = ("family", "fields", "meta")
+
+
+def _check_nodes(nodes, graph_file: str) -> None:
+  """Every node: a known op, the fields it needs, inputs made by an earlier node (one line)."""
+  if not isinstance(nodes, list) or not nodes:
+    raise ValueError(f"{graph_file}: malformed entry: 'nodes' must be a non-empty list")
+  made: set[str] = set()
+  for i, node in enumerate(nodes):
+    where = f"{graph_file}: malformed entry: node {i}"
+    if not isinstance(node, dict):
+      raise ValueError(f"{where} is not an object; re-export the model")
+    op = node.get("op")
+    if op not in NODE_FIELDS:
+      raise ValueError(f"{where} has op {op!r}; known ops: {', '.join(NODE_FIELDS)}")
+    required = NODE_FIELDS[op] + _REQUANT_FIELDS.get(node.get("kind"), ())
+    if op == "requant" and node.get("kind") not in _REQUANT_FIELDS:
+      raise ValueError(f"{where} (requant) has kind {node.get('kind')!r}; known kinds: "
+                       f"{', '.join(_REQUANT_FIELDS)}")
+    missing = [f for f in required if f not in node]
+    if op in ("conv", "dense") and isinstance(node.get("weight"), dict):
+      missing += [f"weight.{f}" for f in _WEIGHT_FIELDS if f not in node["weight"]]
+    if missing:
+      raise ValueError(f"{where} ({op}) lacks {', '.join(repr(f) for f in missing)}; re-export "
+                       "the model")
+    if not isinstance(node["out"], str) or node["out"] in made:
+      raise ValueError(f"{where} ({op}) has output {node['out']!r}, not a new name")
+    for ref in ("in", "a", "b"):
+      if ref in node and op != "input" and node[ref] not in made:
+        raise ValueError(f"{where} ({op} {node['out']!r}) reads {node[ref]!r}, which no earlier "
+                         "node makes")
+    decode = node.get("decode")
+    if decode is not None and not (isinstance(decode, dict) and (
+        isinstance(decode.get("table"), str) or isinstance(decode.get("zero_point"), int))):
+      raise ValueError(f"{where} ({op} {node['out']!r}) has decode {decode!r}; expected None, "
+                       "{'table': name} or {'zero_point': int}")
+    made.add(node["out"])
+
+
+# The keys of each entry of the tensor index (docs/FORMAT.md).
+TENSOR_FIELDS = ("shape", "bits", "signed", "offset", "nbytes")
 
 
 def _parse(doc: dict, data: bytes, graph_file: str, data_file: str) -> Graph:
   """The graph of a loaded `doc` and its packed `data`; ValueError on a semantic problem."""
   index = doc["tensors"]
   tensors, bits = {}, {}
+  end_of_tensors = 0
   for name, entry in index.items():
+    missing = [f for f in TENSOR_FIELDS if f not in entry]
+    if missing:
+      raise ValueError(f"{graph_file}: malformed entry (tensor {name!r} lacks "
+                       f"{', '.join(repr(f) for f in missing)}); re-export the model")
+    if not isinstance(entry["bits"], int) or not 1 <= entry["bits"] <= 64:
+      raise ValueError(f"tensor {name!r}: bits {entry['bits']!r} is not an integer 1 to 64")
     count = int(np.prod(entry["shape"], dtype=np.int64))
     end = entry["offset"] + entry["nbytes"]
     if entry["nbytes"] != packed_bytes(count, entry["bits"]):
@@ -154,17 +243,23 @@ def _parse(doc: dict, data: bytes, graph_file: str, data_file: str) -> Graph:
     tensors[name] = unpack(data[entry["offset"]:end], count, entry["bits"],
                            entry["signed"]).reshape(entry["shape"])
     bits[name] = (int(entry["bits"]), bool(entry["signed"]))
+    end_of_tensors = max(end_of_tensors, end)
+  if len(data) > end_of_tensors:
+    raise ValueError(f"{data_file} has {len(data) - end_of_tensors} trailing bytes after the last "
+                     f"tensor (which ends at byte {end_of_tensors})")
   produced = set()
-  for node in doc["nodes"]:
-    for ref in ("in", "a", "b"):
-      if ref in node and node["op"] != "input" and node[ref] not in produced:
-        raise ValueError(f"node {node['out']!r} reads {node[ref]!r}, which no earlier node makes")
+  for node in doc["nodes"]:  # checked by _check_nodes
     for name, shape in _required_tensors(node).items():
       if name not in tensors:
         raise ValueError(f"tensor {name!r} (node {node['out']!r}) is missing from {graph_file}")
       if shape is not None and tuple(tensors[name].shape) != shape:
         raise ValueError(f"tensor {name!r} has shape {tuple(tensors[name].shape)}, node "
                          f"{node['out']!r} expects {shape}")
+      if name.endswith(".shift") and tensors[name].size and (
+          tensors[name].min() < 0 or tensors[name].max() > MAX_SHIFT):
+        raise ValueError(f"tensor {name!r} (node {node['out']!r}) has shifts in "
+                         f"[{tensors[name].min()}, {tensors[name].max()}], outside "
+                         f"[0, {MAX_SHIFT}]")
     produced.add(node["out"])
   if doc["meta"].get("output") not in produced:
     raise ValueError(f"{graph_file}: output {doc['meta'].get('output')!r} is not a node's output")

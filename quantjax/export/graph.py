@@ -66,6 +66,7 @@ class Tensor:
   producer: str | None = None  # the conv/dense node whose raw accumulator this is (for folding)
   hw: tuple[int, int] | None = None  # spatial size (None once flattened or pooled globally)
   consumer: str | None = None  # the layer whose input codes these already are
+  float_bias: np.ndarray | None = None  # the producer's bias, unrounded (BatchNorm folding)
 
 
 def _same_pad(n: int, k: int, s: int) -> tuple[int, int]:
@@ -162,7 +163,8 @@ class Builder:
     self._put(f"{out}.bias", self._bias_int(bias, scale, wc.values.shape[-1]), 32, True)
     self._put(f"{out}.sign", np.ones(wc.values.shape[-1], np.int64), 2, True)
     self.nodes.append(node)
-    return Tensor(out, wc.values.shape[-1], scale, producer=out, hw=hw)
+    return Tensor(out, wc.values.shape[-1], scale, producer=out, hw=hw,
+                  float_bias=None if bias is None else np.asarray(bias, np.float64))
 
   @staticmethod
   def _bias_int(bias, scale, channels) -> np.ndarray:
@@ -171,19 +173,19 @@ class Builder:
     b = np.rint(np.asarray(bias, np.float64) / scale)
     return np.clip(b, INT32_MIN, INT32_MAX).astype(np.int64)
 
-  def batch_norm(self, x: Tensor, bn_params: dict, bn_stats: dict, eps: float = 1e-5,
-                 float_bias: np.ndarray | None = None) -> Tensor:
+  def batch_norm(self, x: Tensor, bn_params: dict, bn_stats: dict, eps: float = 1e-5) -> Tensor:
     """BatchNorm: folded into the producing conv when x is its raw accumulator, else pending.
 
     Folding keeps the weight codes: the per-channel scale becomes |A|·s, a negative A flips the
-    channel's sign, and the bias becomes `round((A·(b - mean) + beta) / (|A|·s))` in int32.
+    channel's sign, and the bias becomes `round((A·(b - mean) + beta) / (|A|·s))` in int32 (b the
+    conv's float bias, carried on x, re-derived through the fold unrounded).
     """
     a = np.asarray(bn_params["scale"], np.float64) / np.sqrt(
         np.asarray(bn_stats["var"], np.float64) + eps)
     b = np.asarray(bn_params["bias"], np.float64) - a * np.asarray(bn_stats["mean"], np.float64)
     if x.producer is not None and x.affine is None:
       node = self.node_by_out(x.producer)
-      conv_bias = 0.0 if float_bias is None else np.asarray(float_bias, np.float64)
+      conv_bias = 0.0 if x.float_bias is None else x.float_bias
       new_scale = np.abs(a) * x.scale
       sign = np.where(a < 0, -1, 1)
       self._put(f"{x.name}.sign", sign, 2, True)
@@ -231,13 +233,28 @@ class Builder:
         (n - k) // s + 1 for n, k, s in zip(x.hw, window, strides, strict=True))
     return dataclasses.replace(x, name=out, producer=None, hw=hw)
 
-  def global_avgpool(self, x: Tensor, count: int) -> Tensor:
-    """Global average pool: the integer sum; 1/count goes into the next rescale's multiplier."""
+  def sumpool(self, x: Tensor) -> Tensor:
+    """Global sum over the spatial axes (an average pool's integer part)."""
     if x.act is not None or x.affine is not None:
       raise ValueError("average pool is supported on accumulators only")
     out = self._name("sumpool")
-    self.nodes.append({"op": "sumpool", "in": x.name, "out": out, "count": int(count)})
-    return Tensor(out, x.channels, x.scale / count, hw=None)
+    self.nodes.append({"op": "sumpool", "in": x.name, "out": out,
+                       "count": int(x.hw[0] * x.hw[1])})
+    return Tensor(out, x.channels, x.scale, hw=None)
+
+  @staticmethod
+  def rescale(x: Tensor, numerator: float = 1.0, denominator: float = 1.0) -> Tensor:
+    """x times `numerator / denominator` (> 0), kept in the scale: no node.
+
+    The factor reaches the next rescale's multiplier, e.g. an average pool's 1/HW.
+    """
+    factor = numerator / denominator
+    if not factor > 0 or x.act is not None:
+      raise ValueError(f"a factor {factor!r} on {'codes' if x.act else 'integers'} has no "
+                       "integer form (positive factors on accumulators only)")
+    affine = None if x.affine is None else (x.affine[0], x.affine[1] * numerator / denominator)
+    return dataclasses.replace(x, scale=x.scale * numerator / denominator, affine=affine,
+                               producer=None)
 
   def flatten(self, x: Tensor, spatial: int) -> Tensor:
     out = self._name("flatten")

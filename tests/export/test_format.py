@@ -83,3 +83,68 @@ def test_round_trip_and_validation(quantized_run, tmp_path):
     format_lib.load(path)
   with pytest.raises(ValueError, match="not an exported integer graph"):
     format_lib.load(str(tmp_path))
+
+
+def _saved(quantized_run, tmp_path):
+  """A saved LeNet-5 export: (graph, path, graph.json as a dict)."""
+  exp, variables, _, _ = quantized_run("lenet5", "nuuq")
+  graph = export_run(exp, variables)
+  path = str(tmp_path / "g")
+  format_lib.save(graph, path)
+  with open(os.path.join(path, "graph.json")) as f:
+    return graph, path, json.load(f)
+
+
+def _write_json(path, doc):
+  with open(os.path.join(path, "graph.json"), "w") as f:
+    json.dump(doc, f)
+
+
+def test_load_rejects_unknown_op_and_missing_field(quantized_run, tmp_path):
+  _, path, doc = _saved(quantized_run, tmp_path)
+  conv = next(i for i, n in enumerate(doc["nodes"]) if n["op"] == "conv")
+  bad = json.loads(json.dumps(doc))
+  bad["nodes"][conv]["op"] = "depthwise_conv"
+  _write_json(path, bad)
+  with pytest.raises(ValueError, match=f"node {conv} has op 'depthwise_conv'; known ops: input"):
+    format_lib.load(path)
+  bad = json.loads(json.dumps(doc))
+  del bad["nodes"][conv]["padding"]
+  _write_json(path, bad)
+  with pytest.raises(ValueError, match=rf"node {conv} \(conv\) lacks 'padding'"):
+    format_lib.load(path)
+  bad = json.loads(json.dumps(doc))
+  del bad["nodes"][conv]["weight"]["meta"]
+  _write_json(path, bad)
+  with pytest.raises(ValueError, match=r"lacks 'weight.meta'"):
+    format_lib.load(path)
+  bad = json.loads(json.dumps(doc))
+  name = sorted(bad["tensors"])[0]
+  del bad["tensors"][name]["nbytes"]
+  _write_json(path, bad)
+  with pytest.raises(ValueError, match=rf"malformed entry \(tensor '{name}' lacks 'nbytes'\)"):
+    format_lib.load(path)
+
+
+@pytest.mark.parametrize("shift,bits", [(63, (7, False)), (-1, (8, True))])
+def test_load_rejects_out_of_range_shift(quantized_run, tmp_path, shift, bits):
+  graph, path, _ = _saved(quantized_run, tmp_path)
+  name = next(k for k in graph.tensors if k.endswith(".shift"))
+  graph.tensors[name] = graph.tensors[name].copy()
+  graph.tensors[name][0] = shift
+  graph.tensor_bits[name] = bits
+  format_lib.save(graph, path)
+  with pytest.raises(ValueError, match=rf"tensor '{name}' .* has shifts in \[.*{shift}.*\], "
+                     r"outside \[0, 62\]") as e:
+    format_lib.load(path)
+  assert "\n" not in str(e.value)
+
+
+def test_load_rejects_trailing_bytes(quantized_run, tmp_path):
+  _, path, _ = _saved(quantized_run, tmp_path)
+  size = os.path.getsize(os.path.join(path, "tensors.bin"))
+  with open(os.path.join(path, "tensors.bin"), "ab") as f:
+    f.write(b"\0\0\0")
+  with pytest.raises(ValueError, match=f"has 3 trailing bytes after the last tensor \\(which ends "
+                     f"at byte {size}\\)"):
+    format_lib.load(path)

@@ -14,6 +14,8 @@ Requires the optional `onnx` package (`pip install -e '.[onnx]'`).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from quantjax.export.graph import Graph
@@ -22,29 +24,66 @@ from quantjax.intsim.emulator import decode_weight, mac_bound, value_ranges
 OPSET = 13
 
 
-def to_onnx(graph: Graph):
-  """The graph as an `onnx.ModelProto` taking uint8 NHWC images and returning int32 logits."""
+def import_onnx():
+  """The `onnx` module, or a one-line ValueError saying how to install it."""
   try:
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
   except ImportError:
     raise ValueError("ONNX export needs the 'onnx' package: pip install -e '.[onnx]'") from None
-  t = graph.tensors
-  nodes, inits = [], []
-  ranges = value_ranges(graph)
-  names = {}  # graph tensor -> (onnx name, kind: 'codes' | 'double' | 'int', rank)
+  return onnx
 
-  def const(name, array):
-    inits.append(numpy_helper.from_array(np.asarray(array), name))
+
+def channel_shape(a, rank: int) -> np.ndarray:
+  """A per-channel vector shaped to broadcast over NCHW (rank 4) or NC (rank 2)."""
+  a = np.asarray(a).reshape(-1)
+  return a.reshape((1, -1, 1, 1)) if rank == 4 else a.reshape((1, -1))
+
+
+class OnnxGraph:
+  """The nodes, initializers and value infos of one ONNX graph as it is written."""
+
+  def __init__(self):
+    self.onnx = import_onnx()
+    self.nodes, self.inits, self.value_info = [], [], []
+
+  def const(self, name: str, array) -> str:
+    self.inits.append(self.onnx.numpy_helper.from_array(np.asarray(array), name))
     return name
 
-  def op(kind, inputs, out, **attrs):
-    nodes.append(helper.make_node(kind, inputs, [out], **attrs))
+  def op(self, kind: str, inputs, out: str, *, domain: str | None = None, **attrs) -> str:
+    self.nodes.append(self.onnx.helper.make_node(kind, list(inputs), [out], domain=domain,
+                                                 **attrs))
     return out
 
-  def channel_shape(a, rank):
-    a = np.asarray(a).reshape(-1)
-    return a.reshape((1, -1, 1, 1)) if rank == 4 else a.reshape((1, -1))
+  def typed(self, name: str, elem_type: int) -> str:
+    """Declares `name`'s element type (custom ops' outputs, which ONNX cannot infer)."""
+    self.value_info.append(self.onnx.helper.make_tensor_value_info(name, elem_type, None))
+    return name
+
+  def model(self, name: str, inputs, outputs, opsets: dict[str, int], doc: str = "",
+            metadata: dict[str, str] | None = None):
+    """The `onnx.ModelProto`; inputs and outputs are `(name, elem_type, shape)`."""
+    helper = self.onnx.helper
+    graph = helper.make_graph(
+        self.nodes, name, [helper.make_tensor_value_info(*i) for i in inputs],
+        [helper.make_tensor_value_info(*o) for o in outputs], self.inits,
+        value_info=self.value_info)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v)
+                                                    for d, v in opsets.items()], doc_string=doc)
+    for key, value in (metadata or {}).items():
+      model.metadata_props.add(key=key, value=value)
+    return model
+
+
+def to_onnx(graph: Graph):
+  """The graph as an `onnx.ModelProto` taking uint8 NHWC images and returning int32 logits."""
+  g = OnnxGraph()
+  onnx = g.onnx
+  TensorProto = onnx.TensorProto
+  t = graph.tensors
+  ranges = value_ranges(graph)
+  names = {}  # graph tensor -> (onnx name, kind: 'codes' | 'double' | 'int', rank)
+  const, op = g.const, g.op
 
   for n in graph.nodes:
     kind, out = n["op"], n["out"]
@@ -134,12 +173,36 @@ def to_onnx(graph: Graph):
                        "maxpool, flatten, requant)")
   h, w_, c = graph.meta["image_shape"]
   final, _, _ = names[graph.meta["output"]]
-  model = helper.make_model(
-      helper.make_graph(nodes, "quantjax_int", [
-          helper.make_tensor_value_info("image", TensorProto.UINT8, [None, h, w_, c])],
-          [helper.make_tensor_value_info(final, TensorProto.INT32,
-                                         [None, graph.meta["num_classes"]])],
-          inits),
-      opset_imports=[helper.make_opsetid("", OPSET)])
+  model = g.model("quantjax_int", [("image", TensorProto.UINT8, [None, h, w_, c])],
+                  [(final, TensorProto.INT32, [None, graph.meta["num_classes"]])], {"": OPSET})
   onnx.checker.check_model(model)
   return model
+
+
+FORMATS = ("onnx", "qonnx", "qdq")
+
+
+def save_onnx(graph: Graph, path: str, fmt: str, *, batch_size: int = 1) -> None:
+  """Writes `graph` as a .onnx file: 'onnx' (this module), 'qonnx' (after qonnx's cleanup) or 'qdq'.
+
+  Raises:
+    ValueError (one line) for an unknown format or what the format cannot express.
+  """
+  if fmt == "onnx":
+    model = to_onnx(graph)
+  elif fmt == "qonnx":
+    from quantjax.export import qonnx
+
+    model = qonnx.cleanup(qonnx.to_qonnx(graph, batch_size=batch_size)).model
+  elif fmt == "qdq":
+    from quantjax.export import qdq
+
+    model = qdq.to_qdq(graph)
+  else:
+    raise ValueError(f"format={fmt!r} is not valid; choose one of {', '.join(FORMATS)}")
+  directory = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(directory):
+    raise ValueError(f"{path!r}: directory {directory!r} does not exist")
+  if os.path.isdir(path):
+    raise ValueError(f"{path!r} is a directory; an ONNX export is one file")
+  import_onnx().save(model, path)

@@ -8,20 +8,32 @@ from quantjax.intercept.interceptor import (
     quantized_apply,
     quantized_init,
 )
-from quantjax.intercept.layers import LayerInfo, discover_layers, module_path, sample_input
+from quantjax.intercept.layers import (
+    FloatLayer,
+    LayerInfo,
+    discover_float_layers,
+    discover_layers,
+    module_path,
+    sample_input,
+)
 from quantjax.intercept.plan import LayerQuant, QuantPlan, Rule, plan_from_config, resolve
+from quantjax.intercept.table import format_plan, plan_rows
 
 __all__ = [
     "QUANT_LOSSES",
     "QUANT_STATE",
+    "FloatLayer",
     "LayerInfo",
     "LayerQuant",
     "QuantPlan",
     "Rule",
+    "discover_float_layers",
     "discover_layers",
+    "format_plan",
     "make_interceptor",
     "module_path",
     "plan_from_config",
+    "plan_rows",
     "quantize",
     "quantized_apply",
     "quantized_init",

@@ -112,11 +112,21 @@ def quantize(plan: QuantPlan | None, *, training: bool):
     yield
 
 
-def quantized_apply(model: nn.Module, plan: QuantPlan | None, *, training: bool) -> Callable:
-  """`model.apply` with `plan` applied; call it inside the jitted function."""
+def quantized_apply(model: nn.Module, plan: QuantPlan | None, *,
+                    training: bool | None) -> Callable:
+  """`model.apply` with `plan` applied; call it inside the jitted function.
+
+  Args:
+    model: the Flax module.
+    plan: the resolved plan (None: float).
+    training: whether quantizers run in training mode (straight-through gradients, running
+      ranges updated); None follows the call's `train=` keyword (default False), as
+      `TrainState.apply_fn` does.
+  """
 
   def apply(variables: dict[str, Any], *args, **kwargs):
-    with quantize(plan, training=training):
+    mode = bool(kwargs.get("train", False)) if training is None else training
+    with quantize(plan, training=mode):
       return model.apply(variables, *args, **kwargs)
 
   return apply

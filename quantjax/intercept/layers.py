@@ -1,13 +1,20 @@
-"""Discovery of a model's quantizable layers (nn.Conv and nn.Dense), in call order."""
+"""Discovery of a model's quantizable layers (nn.Conv and nn.Dense), in call order.
+
+Every other layer that owns parameters (nn.DenseGeneral, nn.Embed, nn.BatchNorm, a user's own
+layer with a kernel) stays in float; `discover_float_layers` lists them with the reason, and
+`discover_layers` logs the ones with a kernel, so none is left float silently.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 QUANTIZABLE = (nn.Conv, nn.Dense)
 
@@ -32,6 +39,25 @@ class LayerInfo:
     return self.kernel_shape[-1] if self.has_bias else 0
 
 
+@dataclasses.dataclass(frozen=True)
+class FloatLayer:
+  """A layer with parameters that no quantizer applies to."""
+
+  path: str  # module path joined by '/'
+  kind: str  # its class, e.g. 'DenseGeneral'
+  reason: str  # why it stays float
+
+
+def _float_reason(module: nn.Module, own: dict) -> str:
+  kind = type(module).__name__
+  if isinstance(module, (nn.BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)):
+    return f"nn.{kind}: normalisation stays float (folded on export where it follows a Conv/Dense)"
+  if "kernel" in own:
+    return (f"{kind} has a kernel but is not nn.Conv or nn.Dense, the layers quantjax quantizes "
+            "(intercept.layers.QUANTIZABLE): its matmul runs in float")
+  return f"{kind} owns parameters ({', '.join(sorted(own))}) but is no Conv/Dense layer"
+
+
 def module_path(module: nn.Module) -> str:
   """'/'-joined path of a bound module, the string rules' regexes match against."""
   return "/".join(str(p) for p in module.scope.path)
@@ -42,11 +68,28 @@ def discover_layers(model: nn.Module, sample: jax.Array, **call_kwargs) -> list[
 
   Runs `model.init` abstractly (`jax.eval_shape`), so it costs no FLOPs.
   """
+  found, _ = _discover(model, sample, **call_kwargs)
+  return found
+
+
+def discover_float_layers(model: nn.Module, sample: jax.Array, **call_kwargs) -> list[FloatLayer]:
+  """The layers with parameters that stay float (not nn.Conv / nn.Dense), with the reason."""
+  return _discover(model, sample, **call_kwargs)[1]
+
+
+def _discover(model, sample, **call_kwargs) -> tuple[list[LayerInfo], list[FloatLayer]]:
   found: dict[str, LayerInfo] = {}
+  left_float: dict[str, FloatLayer] = {}
 
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     module = context.module
+    if context.method_name == "__call__" and not isinstance(module, QUANTIZABLE):
+      path = module_path(module)
+      own = {k: v for k, v in (module.variables.get("params") or {}).items()
+             if not isinstance(v, Mapping)}  # its own, not its children's
+      if own and path not in left_float:
+        left_float[path] = FloatLayer(path, type(module).__name__, _float_reason(module, own))
     if context.method_name == "__call__" and isinstance(module, QUANTIZABLE):
       path = module_path(module)
       if path not in found:
@@ -70,7 +113,10 @@ def discover_layers(model: nn.Module, sample: jax.Array, **call_kwargs) -> list[
   jax.eval_shape(init)
   if not found:
     raise ValueError(f"model {type(model).__name__} has no nn.Conv or nn.Dense layer to quantize")
-  return list(found.values())
+  for layer in left_float.values():
+    if "kernel" in layer.reason:
+      logging.warning("layer %s (%s) stays float: %s", layer.path, layer.kind, layer.reason)
+  return list(found.values()), list(left_float.values())
 
 
 def sample_input(image_shape: tuple[int, ...], batch: int = 2) -> jax.Array:

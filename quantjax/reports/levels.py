@@ -5,15 +5,14 @@
     --out=results/levels_esb.png
 
 Reads the run's config and latest (or `--step`) checkpoint, and asks the layer's weight quantizer
-for its level set (`levels(params, state, x[, role])`) given the trained kernel and quantizer
-variables. A quantizer with one scale per output channel has one level set per channel: the plot
-shows `--channel` (default 0), its weights and its levels.
+for its level set through the contract, `levels(params, state, x, role='weight')`, given the
+trained kernel and quantizer variables. A quantizer with one scale per output channel has one
+level set per channel: the plot shows `--channel` (default 0), its weights and its levels.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import re
 import sys
 
@@ -21,7 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
+from quantjax import user_code
 from quantjax.train import checkpoint, experiment
+from quantjax.workdir import Workdir
 
 _PREFIX = "kernel_"  # the interceptor's prefix of a weight quantizer's variables
 
@@ -78,7 +79,7 @@ def layer_levels(workdir: str, layer: str, *, channel: int | None = None,
   Raises:
     ValueError: not a workdir, no such checkpoint, or `layer` names no single quantized layer.
   """
-  exp = experiment.build(checkpoint.load_config(workdir))
+  exp = experiment.build(Workdir(workdir).load_config())
   path = _select_layer(exp.plan, layer)
   quantizer = exp.plan.get(path).weight
   variables, step = checkpoint.restore_variables(workdir, step)
@@ -100,11 +101,10 @@ def layer_levels(workdir: str, layer: str, *, channel: int | None = None,
     x = _channel_slice(kernel, channel, num_channels)
     qparams = {k: _channel_slice(v, channel, num_channels) for k, v in qparams.items()}
     qstate = {k: _channel_slice(v, channel, num_channels) for k, v in qstate.items()}
-  kwargs = {"role": "weight"} if "role" in inspect.signature(quantizer.levels).parameters else {}
   levels = quantizer.levels(
       {k: jnp.asarray(v) for k, v in qparams.items()},
       {k: jnp.asarray(v) for k, v in qstate.items()},
-      jnp.asarray(x), **kwargs)
+      jnp.asarray(x), role="weight")
   shown = kernel if channel is None else kernel[..., channel]
   return LayerLevels(layer=path, quantizer=quantizer.describe(), step=step, channel=channel,
                      weights=np.ravel(shown), levels=np.unique(np.asarray(levels, np.float64)))
@@ -142,6 +142,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
+    user_code.import_for_workdir(_WORKDIR.value, _IMPORTS.value)
     result = layer_levels(_WORKDIR.value, _LAYER.value, channel=_CHANNEL.value, step=_STEP.value)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
@@ -157,6 +158,7 @@ if __name__ == "__main__":
   _OUT = flags.DEFINE_string("out", None, "PNG to write, e.g. results/levels_nuuq.png.")
   _CHANNEL = flags.DEFINE_integer("channel", None, "Output channel (default 0 if per-channel).")
   _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default the latest).")
+  _IMPORTS = user_code.define_flag()  # besides the ones the run recorded
   flags.mark_flags_as_required(["workdir", "layer", "out"])
   logging.set_verbosity(logging.WARNING)
   app.run(main)

@@ -9,7 +9,12 @@ from flax.training import train_state
 
 
 class TrainState(train_state.TrainState):
-  """`params` hold model weights and learned quantizer parameters (steps, clips)."""
+  """`params` hold model weights and learned quantizer parameters (steps, clips).
+
+  `apply_fn` is the model with its quantization plan applied (`intercept.quantized_apply`;
+  quantizers in training mode when called with `train=True`), never the float `model.apply`:
+  `state.apply_fn(state.variables(), images, train=False)` gives the fake-quantized logits.
+  """
 
   batch_stats: Any = struct.field(default_factory=dict)  # BatchNorm running statistics
   quant_state: Any = struct.field(default_factory=dict)  # running ranges, cluster levels, ...

@@ -1,0 +1,23 @@
+"""`TrainState.apply_fn` is the quantized model, never the float `model.apply`."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from quantjax.intercept import quantized_apply
+from quantjax.train import experiment, loop
+from tests.train.conftest import tiny_run_config
+
+
+def test_apply_fn_applies_the_plan(data_dir):
+  config = tiny_run_config(data_dir)
+  exp = experiment.build(config)
+  images = jax.random.uniform(jax.random.key(0), (8, 28, 28, 1))  # [B, H, W, C]
+  state = loop.init_state(exp, config, {"image": images}, steps_per_epoch=10)
+  variables = state.variables()
+
+  logits = state.apply_fn(variables, images, train=False)
+  fake_quant = quantized_apply(exp.model, exp.plan, training=False)(variables, images, train=False)
+  np.testing.assert_array_equal(logits, fake_quant)
+  float_logits = exp.model.apply({"params": variables["params"]}, images, train=False)
+  assert float(jnp.max(jnp.abs(logits - float_logits))) > 1e-3  # the plan changed the outputs

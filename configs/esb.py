@@ -20,20 +20,21 @@ results/accuracy.md (`python bench/accuracy_table.py`, which sweeps b = 3, 4, 5 
 import ml_collections
 
 from configs import default, uniform_w4a4
+from quantjax.intercept.spec import quantizer_spec
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = uniform_w4a4.fine_tuning(default.get_config())
-  config.quant.weight = ml_collections.ConfigDict(dict(
-      name="esb",
+  config.quant.weight = quantizer_spec(
+      "esb",
       bits=4,  # b, sign included
       significant_bits=2,  # k: 1 = power of two, b-1 = uniform
       granularity="channel",  # one α per output channel
       alpha="learned",  # DDA form (b): α learned, initialised at λ(b, k)·std
       dda_loss="mse",  # the auxiliary loss D(x, α·Q(x/α)), normalised by var(x)
-  ))
-  config.quant.act = ml_collections.ConfigDict(dict(
-      name="esb", bits=4, significant_bits=2, signed=False, alpha="lambda_std"))
+  )
+  config.quant.act = quantizer_spec(
+      "esb", bits=4, significant_bits=2, signed=False, alpha="lambda_std")
   # Weight of the summed DDA losses in the training loss (read by the train step). Each layer's
   # loss is its relative quantization error; 1.0 is a choice, not tuned.
   config.dda = ml_collections.ConfigDict(dict(weight=1.0))

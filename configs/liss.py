@@ -15,14 +15,13 @@ Measured: results/accuracy.md (`python bench/accuracy_table.py`).
 import ml_collections
 
 from configs import default, uniform_w4a4
+from quantjax.intercept.spec import quantizer_spec
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = uniform_w4a4.fine_tuning(default.get_config())
   # Weights: signed Gaussian k-quantiles, re-fitted from the weights on every step.
-  config.quant.weight = ml_collections.ConfigDict(
-      dict(name="liss", bits=4, int_bits=8, fit="gaussian"))
+  config.quant.weight = quantizer_spec("liss", bits=4, int_bits=8, fit="gaussian")
   # Inputs: unsigned (post-ReLU) half-normal fit tracked with a moving average.
-  config.quant.act = ml_collections.ConfigDict(
-      dict(name="liss", bits=4, int_bits=8, fit="gaussian"))
+  config.quant.act = quantizer_spec("liss", bits=4, int_bits=8, fit="gaussian")
   return config

@@ -17,12 +17,12 @@ Should reach: no target of its own (a comparison row); measured: results/accurac
 import ml_collections
 
 from configs import default, uniform_w4a4
+from quantjax.intercept.spec import quantizer_spec
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = uniform_w4a4.fine_tuning(default.get_config())
-  config.quant.weight = ml_collections.ConfigDict(
-      dict(name="log", bits=4, base_root=2, granularity="channel", full_scale="sqnr"))
-  config.quant.act = ml_collections.ConfigDict(
-      dict(name="log", bits=4, base_root=2, signed=False, full_scale="sqnr"))
+  config.quant.weight = quantizer_spec(
+      "log", bits=4, base_root=2, granularity="channel", full_scale="sqnr")
+  config.quant.act = quantizer_spec("log", bits=4, base_root=2, signed=False, full_scale="sqnr")
   return config

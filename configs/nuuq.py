@@ -19,18 +19,18 @@ the same seed, 3 levels at most 0.6. Measured: results/accuracy.md
 import ml_collections
 
 from configs import default, uniform_w4a4
+from quantjax.intercept.spec import quantizer_spec
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = uniform_w4a4.fine_tuning(default.get_config())
-  config.quant.weight = ml_collections.ConfigDict(dict(
-      name="nuuq",
+  config.quant.weight = quantizer_spec(
+      "nuuq",
       num_levels=4,  # N levels per layer (equivalent bits log2 N)
       container_bits=8,  # b, the fixed-point grid the levels are snapped to (the multiplier)
       grid="pow2",  # grid step 2^-F
       recluster_every=50,  # steps between k-means re-fits
       freeze_at=400,  # no re-fit in the last quarter of the 20 epochs (27 steps each)
-  ))
-  config.quant.act = ml_collections.ConfigDict(
-      dict(name="uniform", bits=8, signed=False, scale_method="max"))
+  )
+  config.quant.act = quantizer_spec("uniform", bits=8, signed=False, scale_method="max")
   return config

@@ -15,12 +15,12 @@ float; the measured figure is in results/accuracy.md (`python bench/accuracy_tab
 import ml_collections
 
 from configs import default, uniform_w4a4
+from quantjax.intercept.spec import quantizer_spec
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = uniform_w4a4.fine_tuning(default.get_config())
-  config.quant.weight = ml_collections.ConfigDict(
-      dict(name="uniform", bits=4, granularity="channel", scale_method="lsq"))
+  config.quant.weight = quantizer_spec("uniform", bits=4, granularity="channel", scale_method="lsq")
   # α starts at the 99.9th percentile of the first batch's inputs of each layer.
-  config.quant.act = ml_collections.ConfigDict(dict(name="pact", bits=4))
+  config.quant.act = quantizer_spec("pact", bits=4)
   return config

@@ -15,12 +15,11 @@ W4A4). Measured: results/accuracy.md (`python bench/accuracy_table.py`).
 import ml_collections
 
 from configs import default, uniform_w4a4
+from quantjax.intercept.spec import quantizer_spec
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = uniform_w4a4.fine_tuning(default.get_config())
-  config.quant.weight = ml_collections.ConfigDict(
-      dict(name="pot", bits=4, granularity="channel", full_scale="sqnr"))
-  config.quant.act = ml_collections.ConfigDict(
-      dict(name="pot", bits=4, signed=False, full_scale="sqnr"))
+  config.quant.weight = quantizer_spec("pot", bits=4, granularity="channel", full_scale="sqnr")
+  config.quant.act = quantizer_spec("pot", bits=4, signed=False, full_scale="sqnr")
   return config

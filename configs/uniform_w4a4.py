@@ -19,6 +19,7 @@ share this schedule and these first and last layers, and differ only in the meth
 import ml_collections
 
 from configs import default
+from quantjax.intercept.spec import quantizer_spec
 
 # 8-bit uniform weights for the first and last layers: a complete spec (with a name), so it
 # replaces the method's spec instead of merging `bits=8` into it (nuuq has no `bits` field).
@@ -33,16 +34,14 @@ def fine_tuning(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.learning_rate = 1e-3  # a third of the from-scratch peak
   config.warmup_epochs = 0.5  # lets freshly calibrated quantizer scales settle
   config.eval_every_epochs = 5.0  # validation accuracy 4 times during fine-tuning
-  config.quant.first_layer.weight = ml_collections.ConfigDict(EIGHT_BIT_WEIGHT)  # input float
-  config.quant.last_layer.weight = ml_collections.ConfigDict(EIGHT_BIT_WEIGHT)  # input quantized
+  config.quant.first_layer.weight = quantizer_spec(**EIGHT_BIT_WEIGHT)  # input float
+  config.quant.last_layer.weight = quantizer_spec(**EIGHT_BIT_WEIGHT)  # input quantized
   return config
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = fine_tuning(default.get_config())
   # Middle layers (conv2, fc1, fc2): 4-bit per-channel LSQ weights, 4-bit unsigned inputs.
-  config.quant.weight = ml_collections.ConfigDict(
-      dict(name="uniform", bits=4, granularity="channel", scale_method="lsq"))
-  config.quant.act = ml_collections.ConfigDict(
-      dict(name="uniform", bits=4, signed=False, scale_method="max"))
+  config.quant.weight = quantizer_spec("uniform", bits=4, granularity="channel", scale_method="lsq")
+  config.quant.act = quantizer_spec("uniform", bits=4, signed=False, scale_method="max")
   return config

@@ -79,14 +79,23 @@ def _merge(base: Mapping[str, Any] | None, override: Any) -> dict[str, Any] | No
   """Applies an override to a base spec.
 
   None means float; a dict with a 'name' is a complete spec of its own; a dict without one changes
-  those fields of the base spec.
+  those fields of the base spec. A field set to None is not set (configs list every field of a
+  quantizer, `intercept.spec`, so that any can be overridden on the command line).
   """
   if override is None:
     return None
-  override = dict(override)
+  override = {k: v for k, v in dict(override).items() if v is not None}
   if "name" in override or base is None:
     return override or None
   return {**base, **override}
+
+
+def _default_spec(spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
+  """A default spec as the plan reads it: fields set to None are not set; name 'float' is None."""
+  if spec is None:
+    return None
+  spec = {k: v for k, v in dict(spec).items() if v is not None}
+  return None if spec.get("name") in ("none", "float") else spec
 
 
 def _build(spec: Mapping[str, Any] | None, role: str, where: str) -> Quantizer | None:
@@ -175,6 +184,7 @@ def plan_from_config(quant_config: Mapping[str, Any] | None,
   if not quant_config or not quant_config.get("enabled", True):
     return QuantPlan()
   q = _plain(quant_config)
+  q.update({role: _default_spec(q.get(role)) for role in TENSORS})
   rules = [Rule(pattern=r["pattern"], **{role: r.get(role, KEEP) for role in TENSORS})
            for r in q.get("rules", ()) or ()]
   return resolve(
@@ -206,14 +216,20 @@ def check_quant_config(quant_config: Mapping[str, Any] | None) -> None:
   if not quant_config or not quant_config.get("enabled", True):
     return
   q = _plain(quant_config)
-  base = {role: q.get(role) for role in TENSORS}
+  base = {role: _default_spec(q.get(role)) for role in TENSORS}
   for role in TENSORS:
     _build(base[role], TENSOR_ROLE[role], f"quant.{role}")
   for where in ("first_layer", "last_layer"):
     for role, override in (q.get(where) or {}).items():
       _build(_merge(base.get(role), override), TENSOR_ROLE.get(role, role),
              f"quant.{where}.{role}")
-  for rule in q.get("rules", ()) or ():
+  for i, rule in enumerate(q.get("rules", ()) or ()):
+    fields = ("pattern", *TENSORS)
+    if not isinstance(rule, Mapping) or "pattern" not in rule or set(rule) - set(fields):
+      raise ValueError(f"quant.rules[{i}]={rule!r} is not a rule: a dict with a 'pattern' and any "
+                       f"of {', '.join(TENSORS)} (valid fields: {', '.join(fields)}); on the "
+                       "command line a list, --config.quant.rules=\"[{'pattern': 'fc1', "
+                       "'weight': {'bits': 2}}]\"")
     for role in TENSORS:
       if rule.get(role, KEEP) not in (None, KEEP):
         _build(_merge(base[role], rule[role]), TENSOR_ROLE[role],

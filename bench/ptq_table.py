@@ -32,6 +32,7 @@ import time
 import numpy as np
 from absl import app, flags
 
+from quantjax.reports import progress
 from quantjax.reports.machine import machine
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/ptq", "Where the runs live (reused).")
@@ -77,7 +78,7 @@ def run_one(model: str, name: str, config: str, overrides: list[str]) -> dict:
          f"--config.model={model}", "--config.tensorboard=False", *overrides]
   timing_path = os.path.join(workdir, TIMING)
   if not os.path.exists(os.path.join(workdir, "summary.json")):
-    print("running:", " ".join(cmd), flush=True)
+    progress.write("running: " + " ".join(cmd), sys.stdout)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -88,7 +89,7 @@ def run_one(model: str, name: str, config: str, overrides: list[str]) -> dict:
     with open(timing_path, "w") as f:
       json.dump(timing, f, indent=2)
   else:
-    print("reusing:", workdir, flush=True)
+    progress.write(f"reusing: {workdir}", sys.stdout)
   timing = {}
   if os.path.exists(timing_path):
     with open(timing_path) as f:
@@ -186,9 +187,12 @@ def main(argv):
   del argv
   os.makedirs(_WORKDIR.value, exist_ok=True)
   results = []
-  for model in _MODELS.value:
-    for name, config, overrides in runs(model):
+  plan = [(model, *run) for model in _MODELS.value for run in runs(model)]
+  with progress.bar(total=len(plan), desc="ptq sweep", unit="run") as runs_bar:
+    for model, name, config, overrides in plan:
+      runs_bar.set_postfix_str(f"{name} {model}")
       results.append(run_one(model, name, config, overrides))
+      runs_bar.update(1)
   floats = {r["model"]: r for r in results if r["name"] == "float"}
   rows = [_row(r, floats[r["model"]]) for r in results]
   today, where = datetime.date.today().isoformat(), machine()

@@ -13,7 +13,9 @@ from absl import logging
 from quantjax import cost, data
 from quantjax.intercept import QUANT_STATE, QuantPlan
 from quantjax.reports import layer_table, model_size_bits
+from quantjax.reports import progress as progress_bar
 from quantjax.train import checkpoint, experiment, sharding, steps
+from quantjax.workdir import Workdir, write_json_atomic
 
 MODES = ("float", "fakequant")
 
@@ -35,10 +37,15 @@ def evaluate_variables(exp: experiment.Experiment, variables: dict[str, Any], sp
   put = functools.partial(jax.device_put, device=sharding.batch_sharding(mesh))
   totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
   variables = jax.device_put(variables, sharding.replicated(mesh))
-  for batch in data.prefetch(exp.dataset.eval_batches(split, batch_size=batch_size), put=put):
-    out = jax.device_get(eval_step(variables, batch))
-    for k in totals:
-      totals[k] += float(out[k])
+  num_batches = -(-exp.dataset.num_examples(split) // batch_size)
+  batches = data.prefetch(exp.dataset.eval_batches(split, batch_size=batch_size), put=put)
+  with progress_bar.bar(total=num_batches, desc=f"eval {split}", unit="batch", leave=False,
+                        enabled=jax.process_index() == 0) as batches_bar:
+    for batch in batches:
+      out = jax.device_get(eval_step(variables, batch))
+      for k in totals:
+        totals[k] += float(out[k])
+      batches_bar.update(1)
   count = max(totals["count"], 1.0)
   return {
       "accuracy": totals["correct"] / count,
@@ -85,7 +92,8 @@ def evaluate_workdir(workdir: str, *, split: str = "test", mode: str = "fakequan
   """
   if mode not in MODES:
     raise ValueError(f"mode={mode!r} is not valid; choose one of {', '.join(MODES)}")
-  config = checkpoint.load_config(workdir)
+  wd = Workdir(workdir)
+  config = wd.load_config()
   exp = experiment.build(config, quantized=True, training=False)
   if split not in ("train", "validation", "test"):
     raise ValueError(f"split={split!r} is not valid; choose one of train, validation, test")
@@ -107,8 +115,8 @@ def evaluate_workdir(workdir: str, *, split: str = "test", mode: str = "fakequan
       **result,
       "layers": layer_table(exp.layers, plan),
   }
-  output = output or os.path.join(workdir, f"eval_{split}_{mode}_{step}.json")
-  checkpoint.write_json_atomic(output, summary)
+  output = output or wd.eval_file(split, mode, step)
+  write_json_atomic(output, summary)
   logging.info("%s %s accuracy %.4f on %d examples -> %s", split, mode, result["accuracy"],
                result["num_examples"], output)
   return summary

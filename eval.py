@@ -3,13 +3,15 @@
   python eval.py --workdir=runs/default --split=test --mode=fakequant
   python eval.py --workdir=runs/default --mode=float --step=500
   python eval.py --workdir=runs/default --mode=int --acc_bits=16 --overflow=wrap
-"""
 
-import sys
+The modules the run imported (train.py's --import, config.imports) are imported again first.
+"""
 
 from absl import app, flags, logging
 
 import quantjax.train
+from quantjax import user_code
+from quantjax.train import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir written by train.py.")
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to evaluate.")
@@ -25,20 +27,19 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest
 _BATCH = flags.DEFINE_integer("batch_size", None, "Evaluation batch size; default: the run's.")
 _OUTPUT = flags.DEFINE_string(
     "output", None, "JSON output; default <workdir>/eval_<split>_<mode>_<step>.json.")
+_IMPORTS = user_code.define_flag()  # besides the ones the run recorded
 flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    if _MODE.value == "int":
-      return _main_int()
-    result = quantjax.train.evaluate_workdir(
-        _WORKDIR.value, split=_SPLIT.value, mode=_MODE.value, step=_STEP.value,
-        batch_size=_BATCH.value, output=_OUTPUT.value)
-  except ValueError as e:  # bad input: one line, no traceback
-    sys.exit(f"error: {e}")
+  cli.run(lambda: user_code.import_for_workdir(_WORKDIR.value, _IMPORTS.value))
+  if _MODE.value == "int":
+    return cli.run(_main_int)
+  result = cli.run(lambda: quantjax.train.evaluate_workdir(  # bad input: one line
+      _WORKDIR.value, split=_SPLIT.value, mode=_MODE.value, step=_STEP.value,
+      batch_size=_BATCH.value, output=_OUTPUT.value))
   print(f"{result['split']} accuracy ({result['mode']}, step {result['step']}): "
         f"{result['accuracy']:.4f} on {result['num_examples']} examples")
 

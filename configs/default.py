@@ -9,15 +9,28 @@ Reaches about 98 % test accuracy on the 1,000 test digits in a few minutes on a 
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
+
+from quantjax.intercept.spec import quantizer_changes, quantizer_spec
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.mode = "train"  # 'train' (float or quantization-aware training) | 'ptq' (post-training)
+  # Modules (names or .py paths) imported first, registering quantizers, models or datasets of
+  # your own; train.py's --import adds to it, and the run records it for eval.py and the tools.
+  config.imports = ()
   # Data.
   config.dataset = "mnist5k"  # 'mnist5k' (embedded, offline) or any tfds name, e.g. 'cifar10'
   config.data_dir = ""  # tfds data_dir; '' = tfds default (~/tensorflow_datasets)
-  config.augment = "shift"  # 'none' | 'shift' (digits) | 'crop_flip' (CIFAR-style)
+  # Folder with the original files of a dataset built from local files (fashion_mnist: the four
+  # IDX files); '' = where Debian's package dataset-fashion-mnist puts them.
+  config.source_dir = ""
+  # 'auto': a split held in memory (mnist5k, Fashion-MNIST) stays on the device, where batches are
+  # shuffled and augmented by jitted programs; larger ones go through the host (NumPy) pipeline.
+  # 'host' | 'device' force one (their random streams differ; a config without the field is host).
+  config.input_pipeline = "auto"
+  config.augment = "shift"  # 'none' | 'shift' (digits) | 'shift_flip' (clothes) | 'crop_flip'
   # Model.
   config.model = "lenet5"  # see quantjax.models.model_names()
   config.model_kwargs = ml_collections.ConfigDict()  # extra fields of the model, e.g. width
@@ -41,6 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.eval_every_epochs = 10.0  # validation accuracy during training; 0 = only at the end
   config.tensorboard = True  # event files in <workdir>/tensorboard
+  # TensorBoard histograms of learned quantizer parameters and kernel level occupancy every N
+  # steps (and at the last step); 0 = off.
+  config.histogram_every_steps = 500
   config.quant = quant_config(weight_bits=4, act_bits=4)
   return config
 
@@ -50,16 +66,27 @@ def quant_config(weight_bits: int, act_bits: int) -> ml_collections.ConfigDict:
   quant = ml_collections.ConfigDict()
   quant.enabled = True  # False = float training
   quant.layers = ".*"  # regex (full match) of the Conv/Dense paths to quantize
-  # Default kernel quantizer: registry name plus its fields (quantjax.quantizers).
-  quant.weight = ml_collections.ConfigDict(
-      dict(name="uniform", bits=weight_bits, granularity="channel", scale_method="lsq"))
+  # Default kernel quantizer: registry name plus every field of its dataclass (quantjax.quantizers),
+  # so any of them can be overridden, e.g. --config.quant.weight.estimator=ste.
+  quant.weight = quantizer_spec("uniform", bits=weight_bits, granularity="channel",
+                                scale_method="lsq")
   # Default input-activation quantizer (inputs of quantized layers are post-ReLU: unsigned).
-  quant.act = ml_collections.ConfigDict(
-      dict(name="uniform", bits=act_bits, signed=False, scale_method="max"))
-  # First and last layers: fields changed from the defaults; None keeps that tensor float.
+  quant.act = quantizer_spec("uniform", bits=act_bits, signed=False, scale_method="max")
+  # Bias and layer-output quantizers: float, with every quantizer field listed so that one can be
+  # set on the command line (--config.quant.bias.name=uniform --config.quant.bias.bits=8).
+  quant.bias = quantizer_changes(name="float")
+  quant.output = quantizer_changes(name="float")
+  # First and last layers: fields changed from the defaults (None = unchanged; name='float' keeps
+  # that tensor float, another name replaces the default's quantizer). The first layer's input
+  # (the image) stays float: None, set whole on the command line
+  # (--config.quant.first_layer.act="{'name': 'uniform', 'bits': 8}"); the last layer's input
+  # keeps the default's ({}: no change).
   quant.first_layer = ml_collections.ConfigDict(
-      dict(weight=ml_collections.ConfigDict(dict(bits=8)), act=None))
+      dict(weight=quantizer_changes(bits=8), act=placeholder(ml_collections.ConfigDict)))
   quant.last_layer = ml_collections.ConfigDict(
-      dict(weight=ml_collections.ConfigDict(dict(bits=8)), act=ml_collections.ConfigDict(dict())))
-  quant.rules = []  # further overrides: [{'pattern': regex, 'weight': {...}, 'act': {...}}]
+      dict(weight=quantizer_changes(bits=8), act=ml_collections.ConfigDict()))
+  # Further overrides, applied in order: a tuple of {'pattern': regex, 'weight': {...}, 'act':
+  # {...}, 'bias': ..., 'output': ...}; on the command line a Python list literal:
+  # --config.quant.rules="[{'pattern': 'fc1', 'weight': {'bits': 2}}]"
+  quant.rules = ()
   return quant

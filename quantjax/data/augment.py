@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-AUGMENTATIONS = ("none", "shift", "crop_flip")
+AUGMENTATIONS = ("none", "shift", "shift_flip", "crop_flip")
 SHIFT_PAD = 2  # digits: translations of up to 2 pixels; flips would turn digits into others
 CROP_PAD = 4  # CIFAR-style
 
@@ -40,8 +40,9 @@ def apply(images: np.ndarray, name: str, rng: np.random.Generator) -> np.ndarray
 
   Args:
     images: [B, H, W, C] uint8.
-    name: 'none' (returned as is), 'shift' (pad 2, random crop) or 'crop_flip' (pad 4, random
-      crop, then a horizontal flip with probability 1/2).
+    name: 'none' (returned as is), 'shift' (pad 2, random crop), 'shift_flip' (pad 2, random
+      crop, then a horizontal flip with probability 1/2: clothes, which a mirror keeps in their
+      class) or 'crop_flip' (the same with pad 4, CIFAR-style).
     rng: the batch's generator; `apply` is a pure function of (images, name, rng state).
 
   Returns:
@@ -52,7 +53,7 @@ def apply(images: np.ndarray, name: str, rng: np.random.Generator) -> np.ndarray
     return images
   if name == "shift":
     return random_crop(images, SHIFT_PAD, rng)
-  out = random_crop(images, CROP_PAD, rng)
+  out = random_crop(images, SHIFT_PAD if name == "shift_flip" else CROP_PAD, rng)
   flip = rng.random(len(out)) < 0.5
   out[flip] = out[flip, :, ::-1]
   return out

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 import numpy as np
 
 from quantjax.data import augment as augment_lib
-from quantjax.data import source, stats
+from quantjax.data import device, source, stats
 
 Batch = dict[str, np.ndarray]
+PIPELINES = ("host", "device", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Dataset:
 
   def __init__(self, splits: source.Splits):
     self._readers = splits.readers
+    self._on_device: dict[str, device.DeviceSplit] = {}
     mean, std = stats.channel_stats(splits.name, splits.readers["train"])
     self._normalise = stats.Normaliser(mean, std)
     self.spec = DatasetSpec(
@@ -68,23 +70,30 @@ class Dataset:
     return self._normalise(images)
 
   def train_batches(self, *, batch_size: int, seed: int, split: str = "train",
-                    start_step: int = 0, augment: str = "none") -> Iterator[Batch]:
+                    start_step: int = 0, augment: str = "none",
+                    pipeline: str = "host") -> Iterator[Batch]:
     """Endless shuffled, augmented batches; step s's batch is a pure function of (seed, s).
 
-    Epoch e visits `split` in the order of `np.random.default_rng([seed, e]).permutation(n)`,
-    cut into `n // batch_size` batches (the ragged end is dropped). The augmentation of batch
-    i of epoch e draws from `np.random.default_rng([seed, e, i, 1])`. So starting at
-    `start_step` yields exactly the batches an uninterrupted run yields from that step on.
+    With pipeline='host', epoch e visits `split` in the order of
+    `np.random.default_rng([seed, e]).permutation(n)`, cut into `n // batch_size` batches (the
+    ragged end is dropped). The augmentation of batch i of epoch e draws from
+    `np.random.default_rng([seed, e, i, 1])`. So starting at `start_step` yields exactly the
+    batches an uninterrupted run yields from that step on. With pipeline='device' the split is
+    kept on the device and batches are made there by jitted programs, with JAX's random streams
+    (`quantjax.data.device`); 'auto' is 'device' for a split held in memory, else 'host'.
 
     Args:
       batch_size: examples per batch.
       seed: non-negative shuffling and augmentation seed.
       split: the split to draw from.
       start_step: global step of the first batch (steps count from 0).
-      augment: 'none', 'shift' (digits) or 'crop_flip' (CIFAR-style); see `augment.apply`.
+      augment: 'none', 'shift' (digits), 'shift_flip' (clothes) or 'crop_flip' (CIFAR-style);
+        see `augment.apply`.
+      pipeline: 'host' (NumPy, in the caller's thread), 'device' or 'auto'.
 
     Returns:
-      An iterator of dict(image=float32 [B, H, W, C] normalised, label=int32 [B]).
+      An iterator of dict(image=float32 [B, H, W, C] normalised, label=int32 [B]): NumPy arrays
+      from the host pipeline, jax.Arrays on the default device from the device one.
 
     Raises:
       ValueError: at once (not on the first `next`) for a bad split, augmentation, seed,
@@ -99,7 +108,26 @@ class Dataset:
     seed, start_step = operator.index(seed), operator.index(start_step)
     if seed < 0 or start_step < 0:
       raise ValueError(f"seed={seed} and start_step={start_step} must not be negative")
+    if self.pipeline_for(split, pipeline) == "device":
+      return self._device_split(split).batches(batch_size=batch_size, seed=seed,
+                                               start_step=start_step, augment_name=augment)
     return self._train_batches(reader, batch_size, seed, start_step, augment)
+
+  def pipeline_for(self, split: str, pipeline: str = "auto") -> str:
+    """'host' or 'device': which pipeline `train_batches(pipeline=...)` uses for `split`."""
+    if pipeline not in PIPELINES:
+      raise ValueError(f"input_pipeline={pipeline!r} is not valid; choose one of "
+                       f"{', '.join(PIPELINES)}")
+    if pipeline == "auto":
+      return "device" if self._reader(split).in_memory else "host"
+    return pipeline
+
+  def _device_split(self, split: str) -> device.DeviceSplit:
+    if split not in self._on_device:
+      images, labels = self.raw(split)
+      self._on_device[split] = device.DeviceSplit(images, labels, self._normalise.scale,
+                                                  self._normalise.offset)
+    return self._on_device[split]
 
   def _train_batches(self, reader: source.SplitReader, batch_size: int, seed: int,
                      start_step: int, augment: str) -> Iterator[Batch]:
@@ -149,14 +177,18 @@ class Dataset:
       yield {"image": self._normalise(images), "label": labels, "mask": mask}
 
 
-def get_dataset(name: str, *, data_dir: str | None = None, download: bool = True) -> Dataset:
+def get_dataset(name: str, *, data_dir: str | None = None, download: bool = True,
+                source_dir: str | None = None) -> Dataset:
   """Opens a dataset for batching.
 
   Args:
-    name: 'mnist5k' (5,000 real digits, built offline on first use) or any name in
+    name: 'mnist5k' (5,000 real digits, built offline on first use), 'fashion_mnist' (built
+      offline from the original IDX files, see `quantjax.data.fashion_mnist`) or any name in
       `tfds.list_builders()`, read through `tfds.data_source` (ArrayRecord).
     data_dir: tfds data directory; None means tfds's default (~/tensorflow_datasets).
     download: whether tfds may download and prepare a missing dataset.
+    source_dir: folder with fashion_mnist's four IDX files; None means where Debian's
+      package `dataset-fashion-mnist` puts them.
 
   Returns:
     The dataset. Splits are decoded when first read (the train split's first 1,000 examples at
@@ -167,4 +199,5 @@ def get_dataset(name: str, *, data_dir: str | None = None, download: bool = True
       not prepared while download=False, or one without 'train'/'test' splits, uint8 images
       and class labels.
   """
-  return Dataset(source.open_splits(name, data_dir=data_dir, download=download))
+  return Dataset(source.open_splits(name, data_dir=data_dir, download=download,
+                                    source_dir=source_dir))

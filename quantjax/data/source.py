@@ -23,7 +23,11 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from quantjax.data import mnist5k  # noqa: F401  registers the `mnist5k` builder with tfds
+from quantjax.data import (
+  fashion_mnist,
+  mnist5k,  # noqa: F401  registers the `mnist5k` builder with tfds
+  preparation,
+)
 
 SPLITS = ("train", "validation", "test")
 HOLDOUT_FRACTION = 0.1
@@ -32,8 +36,11 @@ HOLDOUT_SEED = 1234
 # Splits whose source decodes to less than this are read once and kept as NumPy arrays.
 IN_MEMORY_BYTES = 200 * 2**20
 _FILL_CHUNK = 1024  # records per batched read while filling the in-memory copy
-# Built offline from data inside the package: prepared whatever `download` says.
-_OFFLINE = ("mnist5k",)
+# Built offline (from data inside the package, or files on this machine): prepared whatever
+# `download` says.
+_OFFLINE = ("mnist5k", "fashion_mnist")
+# quantjax's name -> the tfds builder that builds it offline.
+_BUILDERS = {"fashion_mnist": fashion_mnist.NAME}
 
 
 def base_name(name: str) -> str:
@@ -83,6 +90,11 @@ class SplitReader:
 
   def __len__(self) -> int:
     return len(self._keys)
+
+  @property
+  def in_memory(self) -> bool:
+    """Whether the split is decoded once and kept as NumPy arrays (small enough)."""
+    return self._in_memory
 
   def read(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Images [B, H, W, C] uint8 and labels [B] int32 at `positions` (0 <= p < len(self))."""
@@ -137,12 +149,21 @@ def holdout_keys(n: int) -> tuple[np.ndarray, np.ndarray]:
   return np.flatnonzero(held), np.flatnonzero(~held)
 
 
-def _open_sources(name: str, data_dir: str | None, download: bool) -> dict[str, Sequence[Any]]:
+def _open_sources(name: str, data_dir: str | None, download: bool,
+                  source_dir: str | None) -> dict[str, Sequence[Any]]:
   """Split name -> tfds data source, preparing the dataset first if needed (and allowed)."""
-  kwargs = dict(data_dir=data_dir, download=download or base_name(name) in _OFFLINE,
-                # Random access needs ArrayRecord; without this, tfds prepares TFRecord files
-                # whenever a data_dir is given.
-                builder_kwargs={"file_format": "array_record"})
+  # Random access needs ArrayRecord; without this, tfds prepares TFRecord files whenever a
+  # data_dir is given.
+  builder_kwargs: dict[str, Any] = {"file_format": "array_record"}
+  if name in _BUILDERS:
+    name = _BUILDERS[name]
+    builder_kwargs["source_dir"] = source_dir
+    if not tfds.builder(name, data_dir=data_dir, **builder_kwargs).is_prepared():
+      fashion_mnist.check_available(source_dir)  # one line, before tfds creates any folder
+  kwargs = dict(data_dir=data_dir, download=download or base_name(name) in _OFFLINE
+                or name in _BUILDERS.values(), builder_kwargs=builder_kwargs)
+  if not (base_name(name) in _OFFLINE or name in _BUILDERS.values()):  # seconds, not minutes
+    preparation.check_can_prepare(name, data_dir, download, kwargs["builder_kwargs"])
   sources = dict(tfds.data_source(name, **kwargs))
   if sources:
     return sources
@@ -176,25 +197,29 @@ def _image_and_label(info: tfds.core.DatasetInfo, name: str):
   return image_key, label_key, tuple(int(d) for d in image_shape), int(label.num_classes)
 
 
-def open_splits(name: str, *, data_dir: str | None = None, download: bool = True) -> Splits:
+def open_splits(name: str, *, data_dir: str | None = None, download: bool = True,
+                source_dir: str | None = None) -> Splits:
   """Opens (and if needed prepares) dataset `name`; nothing is decoded until a split is read.
 
   Args:
     name: 'mnist5k' or any tfds name, optionally with config and version ('cifar10:3.0.2').
     data_dir: tfds data directory; None means tfds's default.
-    download: whether tfds may download and prepare a missing dataset. mnist5k is always
-      built when missing, since that needs no network.
+    download: whether tfds may download and prepare a missing dataset. mnist5k and
+      fashion_mnist are always built when missing, since that needs no network.
+    source_dir: folder with the original files of a dataset built from local files
+      (fashion_mnist); None means where Debian's package puts them.
 
   Returns:
     The three splits with the dataset's class count and image shape.
 
   Raises:
-    ValueError: for an unknown name (before any download or preparation), or a dataset
-      without 'train' and 'test' splits or without uint8 images and class labels.
+    ValueError: for an unknown name (before any download or preparation), missing or damaged
+      local source files, or a dataset without 'train' and 'test' splits or without uint8 images
+      and class labels.
   """
   check_name(name)
   tfds.disable_progress_bar()
-  sources = _open_sources(name, data_dir, download)
+  sources = _open_sources(name, data_dir, download, source_dir)
   if "train" not in sources or "test" not in sources:
     raise ValueError(f"dataset {name!r} has splits {sorted(sources)}; quantjax needs 'train' "
                      "and 'test'")

@@ -44,8 +44,8 @@ class Normaliser:
   def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
     std32 = np.asarray(std, np.float32)
     # One multiply-add per pixel instead of divide, subtract, divide.
-    self._scale = (1.0 / (255.0 * std32)).astype(np.float32)
-    self._offset = (np.asarray(mean, np.float32) / std32).astype(np.float32)
+    self.scale = (1.0 / (255.0 * std32)).astype(np.float32)  # [C]
+    self.offset = (np.asarray(mean, np.float32) / std32).astype(np.float32)  # [C]
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
-    return images.astype(np.float32) * self._scale - self._offset
+    return images.astype(np.float32) * self.scale - self.offset

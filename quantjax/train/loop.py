@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 import time
 from typing import Any
 
@@ -16,9 +18,20 @@ from flax import traverse_util
 
 from quantjax import data
 from quantjax.intercept import QUANT_STATE, quantized_apply, quantized_init
-from quantjax.train import checkpoint, evaluate, experiment, optimizer, sharding, steps
+from quantjax.reports import progress as progress_bar
+from quantjax.train import (
+  checkpoint,
+  evaluate,
+  experiment,
+  optimizer,
+  preemption,
+  sharding,
+  steps,
+  summaries,
+)
 from quantjax.train.metrics import MetricWriter, Progress
 from quantjax.train.state import TrainState
+from quantjax.workdir import Workdir
 
 
 class NaNLossError(RuntimeError):
@@ -44,7 +57,7 @@ def init_state(exp: experiment.Experiment, config, first_batch: dict[str, Any],
     logging.info("initialising weights from %s (step %d)", config.init_from, step)
     variables = _load_pretrained(exp, variables, pretrained, rngs, images)
   return TrainState.create(
-      apply_fn=exp.model.apply,
+      apply_fn=quantized_apply(exp.model, exp.plan, training=None),  # never the float apply
       params=variables["params"],
       tx=optimizer.make_optimizer(config, steps_per_epoch),
       batch_stats=variables.get("batch_stats", {}),
@@ -86,36 +99,78 @@ def _load_pretrained(exp, variables, pretrained, rngs, images):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from `workdir` if it holds checkpoints), evaluates, writes summary.json.
 
+  The workdir's config.json is the record of the run: a resume may change only the safe fields
+  of `quantjax.workdir.record` (recorded as amendments), and a finished run is returned as it
+  is. SIGTERM or SIGINT saves the current step and raises `Preempted`.
+
   Returns:
     The summary dict (also written to `<workdir>/summary.json`).
+
+  Raises:
+    ValueError: a bad config, an incompatible or damaged workdir, or one in use (one line).
+    NaNLossError: the loss became NaN or infinite (the last good checkpoint is kept).
+    Preempted: a signal stopped the run after saving its current step.
   """
+  wd = Workdir(workdir)
   exp = experiment.build(config)  # every name and value checked before any work
-  checkpoint.check_compatible(config, workdir)
   mesh = sharding.make_mesh(config.get("num_devices", 0))
   sharding.check_batch_size(config.batch_size, mesh)
   sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-  batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-
-  ds = exp.dataset
-  steps_per_epoch = ds.num_examples("train") // config.batch_size
+  steps_per_epoch = exp.dataset.num_examples("train") // config.batch_size
   if steps_per_epoch < 1:
-    raise ValueError(f"batch_size={config.batch_size} exceeds the {ds.num_examples('train')} "
-                     "training examples")
+    raise ValueError(f"batch_size={config.batch_size} exceeds the "
+                     f"{exp.dataset.num_examples('train')} training examples")
   total_steps = int(math.ceil(config.num_epochs * steps_per_epoch))
-
-  first = next(ds.train_batches(batch_size=config.batch_size, seed=config.seed,
-                                augment="none"))
-  state = init_state(exp, config, first, steps_per_epoch,
-                     resuming=checkpoint.has_checkpoints(workdir))
-  state = jax.device_put(state, replicated)
-  mngr = checkpoint.manager(workdir, max_to_keep=config.get("keep_checkpoints", 3))
-  state = checkpoint.restore_into(mngr, state)
-  start_step = int(jax.device_get(state.step))
   lead = jax.process_index() == 0  # one host writes the workdir's files (orbax coordinates its own)
   if lead:
-    checkpoint.record_config(config, workdir)
+    wd.create()
+  with (wd.lock() if lead else contextlib.nullcontext()), preemption.StopOnSignal() as stop:
+    changes, finished = _resume_check(wd, config, total_steps)
+    if finished is not None:
+      logging.info("%s holds the finished run (step %d); nothing to do", workdir, total_steps)
+      return finished
+    return _train(exp, config, wd, mesh, steps_per_epoch, total_steps, changes, stop, lead)
+
+
+def _resume_check(wd: Workdir, config, total_steps: int):
+  """(safe changes to the record, the summary if the run is finished); raises on a conflict."""
+  if not wd.has_checkpoints():
+    if os.path.exists(wd.summary_file):
+      raise ValueError(f"workdir {wd.path!r} holds summary.json but no checkpoints; use a new "
+                       "--workdir")
+    return [], None
+  if not wd.has_config():
+    raise ValueError(f"workdir {wd.path!r} holds checkpoints but no config.json, so what they "
+                     "hold is unknown; restore config.json or use a new --workdir")
+  changes = wd.resume_changes(config)
+  summary = wd.read_summary()
+  if summary is not None and summary.get("step") == total_steps:
+    return changes, summary
+  return changes, None
+
+
+def _train(exp, config, wd: Workdir, mesh, steps_per_epoch: int, total_steps: int, changes,
+           stop: preemption.StopOnSignal, lead: bool) -> dict[str, Any]:
+  batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  ds = exp.dataset
+  restore_step = wd.intact_step(fall_back=True, set_aside=lead)
+  first = next(ds.train_batches(batch_size=config.batch_size, seed=config.seed,
+                                augment="none"))
+  state = init_state(exp, config, first, steps_per_epoch, resuming=restore_step is not None)
+  state = jax.device_put(state, replicated)
+  mngr = checkpoint.manager(wd, max_to_keep=config.get("keep_checkpoints", 3))
+  if restore_step is not None:
+    state = checkpoint.restore_into(mngr, state, restore_step)
+  start_step = int(jax.device_get(state.step))
+  if lead:
+    if restore_step is None:
+      wd.record_config(config)
+    elif changes:
+      wd.amend(changes, start_step)
+      logging.warning("resuming %s with amended %s", wd.path,
+                      ", ".join(f"{f}: {o} -> {n}" for f, o, n in changes))
   if start_step:
-    logging.info("resumed from %s at step %d", workdir, start_step)
+    logging.info("resumed from %s at step %d", wd.path, start_step)
 
   train_step = jax.jit(
       steps.make_train_step(exp.model, exp.plan, exp.num_classes, config.seed,
@@ -124,58 +179,111 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       out_shardings=(replicated, replicated),
       donate_argnames=("state",),
   )
-  writer = MetricWriter(workdir, tensorboard=config.get("tensorboard", True), enabled=lead)
+  writer = MetricWriter(wd, tensorboard=config.get("tensorboard", True), enabled=lead,
+                        resume_step=start_step, final=start_step == total_steps)
+  if start_step == 0:  # a resume keeps the record written at its start
+    writer.write_hparams(summaries.hparams(config),
+                         ("train/loss", "validation/accuracy", "test/accuracy"))
+  histogram_every = (int(config.get("histogram_every_steps", 0))
+                     if exp.plan and lead and config.get("tensorboard", True) else 0)
   progress = Progress(start_step, total_steps)
   schedule = optimizer.learning_rate_schedule(config, steps_per_epoch)
   put = lambda b: jax.device_put(b, batch_sharding)  # noqa: E731
   batches = data.prefetch(
       ds.train_batches(batch_size=config.batch_size, seed=config.seed, start_step=start_step,
-                       augment=config.augment),
+                       augment=config.augment,
+                       pipeline=config.get("input_pipeline", "host")),
       put=put,
   )
-  log_every = max(int(config.log_every_steps), 1)
-  ckpt_every = max(int(config.checkpoint_every_steps), 1)
+  log_every = int(config.log_every_steps)
+  ckpt_every = int(config.checkpoint_every_steps)
   eval_every = int(config.get("eval_every_epochs", 0) * steps_per_epoch)
   train_start = time.perf_counter()
   pending: list[dict[str, jax.Array]] = []
   step = start_step
+  # Drawn only on a terminal; the log's `train/eta=h:mm:ss` lines carry progress otherwise.
+  steps_bar = progress_bar.bar(total=total_steps, initial=start_step, desc="train", unit="step",
+                               enabled=lead)
+
+  def last_good() -> str:
+    latest = mngr.latest_step()
+    return ("no checkpoint was saved before it" if latest is None else
+            f"the last good checkpoint, step {latest}, is kept in {wd.checkpoints_dir}")
+
   try:
     for step in range(start_step + 1, total_steps + 1):
       state, metrics = train_step(state, next(batches))
       pending.append(metrics)
-      boundary = step % log_every == 0 or step % ckpt_every == 0 or step == total_steps
+      steps_bar.update(1)
+      stopping = stop.signum is not None
+      boundary = (stopping or step % log_every == 0 or step % ckpt_every == 0
+                  or step == total_steps)
       if boundary:
         fetched = jax.device_get(pending)  # one transfer for the whole interval
         means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
         if not all(math.isfinite(v) for v in means.values()):
-          raise NaNLossError(
-              f"loss is {means['loss']} at step {step}; stopped, the last good checkpoint "
-              f"({mngr.latest_step()}) is kept in {workdir}")
+          raise NaNLossError(f"loss is {means['loss']} at step {step}; stopped, {last_good()}")
         pending.clear()
-        if step % log_every == 0 or step == total_steps:
+        if stopping or step % log_every == 0 or step == total_steps:
+          steps_bar.set_postfix(loss=f"{means['loss']:.4g}", refresh=False)
           writer.write(step, {**means, **progress(step), "learning_rate": schedule(step)},
                        prefix="train/")
-        if step % ckpt_every == 0 or step == total_steps:
-          checkpoint.save(mngr, state)
+        if stopping or step % ckpt_every == 0 or step == total_steps:
+          if not bool(_all_finite(state.params)):
+            raise NaNLossError(f"parameters are not finite at step {step}; stopped, "
+                               f"{last_good()}")
+          checkpoint.save(mngr, wd, state)
+        if stopping:
+          raise preemption.Preempted(
+              f"stopped by {stop.name} at step {step}: checkpoint saved in "
+              f"{wd.step_dir(step)}; rerun the same command to resume", stop.signum)
+      if histogram_every and (step % histogram_every == 0 or step == total_steps):
+        _write_histograms(writer, exp.plan, state, step)
       if eval_every and step % eval_every == 0 and step != total_steps:
         result = evaluate.evaluate_variables(exp, state.variables(), "validation",
                                              config.eval_batch_size, mesh)
         writer.write(step, result, prefix="validation/")
+    train_seconds = time.perf_counter() - train_start
+    steps_bar.close()
+    if stop.signum is not None:
+      raise preemption.Preempted(f"stopped by {stop.name} after the last step ({step}), before "
+                                 "the final evaluation; rerun the same command to evaluate",
+                                 stop.signum)
+    results = {split: evaluate.evaluate_variables(exp, state.variables(), split,
+                                                  config.eval_batch_size, mesh)
+               for split in ("validation", "test")}
+    for split, result in results.items():
+      writer.write(total_steps, result, prefix=f"{split}/")
   finally:
+    steps_bar.close()
     mngr.wait_until_finished()
+    mngr.close()
     batches.close()
-  train_seconds = time.perf_counter() - train_start
-
-  results = {split: evaluate.evaluate_variables(exp, state.variables(), split,
-                                                config.eval_batch_size, mesh)
-             for split in ("validation", "test")}
-  for split, result in results.items():
-    writer.write(total_steps, result, prefix=f"{split}/")
-  writer.close()
+    _join_prefetch_threads()
+    writer.close()
   summary = evaluate.make_summary(exp, results, step=total_steps, variables=state.variables(),
                                   train_seconds=train_seconds, resumed_from=start_step)
   if lead:
-    checkpoint.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    wd.write_summary(summary)
   logging.info("test accuracy %.4f (validation %.4f); summary in %s",
-               results["test"]["accuracy"], results["validation"]["accuracy"], workdir)
+               results["test"]["accuracy"], results["validation"]["accuracy"], wd.path)
   return summary
+
+
+def _write_histograms(writer: MetricWriter, plan, state: TrainState, step: int) -> None:
+  """Learned quantizer parameters and kernel level occupancy (see `summaries`)."""
+  values, occupancy = summaries.quantizer_histograms(plan, state.params, state.quant_state)
+  writer.write_histograms(step, values, {tag: summaries.occupancy_buckets(fractions)
+                                         for tag, fractions in occupancy.items()})
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def _join_prefetch_threads(timeout_s: float = 10.0) -> None:
+  """Waits for the closed prefetcher's thread: one still in XLA at exit aborts the interpreter."""
+  for thread in threading.enumerate():
+    if thread.name == "quantjax-prefetch" and thread is not threading.current_thread():
+      thread.join(timeout_s)

@@ -75,7 +75,7 @@ def test_same_generator_state_same_output():
 
 
 def test_unknown_augmentation_names_value_and_choices():
-  with pytest.raises(ValueError, match=r"'flip'.*none, shift, crop_flip"):
+  with pytest.raises(ValueError, match=r"'flip'.*none, shift, shift_flip, crop_flip"):
     augment.apply(_batch((1, 4, 4, 1)), "flip", np.random.default_rng(0))
 
 

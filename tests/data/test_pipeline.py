@@ -123,7 +123,7 @@ def test_unknown_split_raises_at_once_listing_valid_splits(mnist5k, call):
 
 
 def test_bad_training_arguments_raise_at_once(mnist5k):
-  with pytest.raises(ValueError, match=r"augment='cutout'.*none, shift, crop_flip"):
+  with pytest.raises(ValueError, match=r"augment='cutout'.*none, shift, shift_flip, crop_flip"):
     mnist5k.train_batches(batch_size=10, seed=0, augment="cutout")
   with pytest.raises(ValueError, match="batch_size=4000 exceeds the 3500"):
     mnist5k.train_batches(batch_size=4000, seed=0)

@@ -111,7 +111,7 @@ def test_fine_tune_from_float_checkpoint(tiny_config, tmp_path):
 
   tiny_config.init_from = float_dir
   tiny_config.num_epochs = 1e-9  # no update step: check the initialisation itself
-  tiny_config.learning_rate = 0.0
+  tiny_config.learning_rate = 1e-30  # zero is refused; this one moves no float32 weight
   qat_dir = str(tmp_path / "qat")
   summary = train_and_evaluate(tiny_config, qat_dir)
   qat_params, _ = _final_params(qat_dir)

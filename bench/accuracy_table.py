@@ -56,10 +56,12 @@ from absl import app, flags, logging  # noqa: E402
 from quantjax import quantizers, train  # noqa: E402
 from quantjax.reports import progress  # noqa: E402
 from quantjax.reports.machine import machine  # noqa: E402
-from quantjax.train import checkpoint  # noqa: E402
+from quantjax.train import checkpoint, preemption  # noqa: E402
 
-_DATASET = flags.DEFINE_enum("dataset", "mnist5k", ["mnist5k", "fashion_mnist"],
-                             "mnist5k (quick, 1,000 test digits) or fashion_mnist (the headline).")
+_DATASET = flags.DEFINE_enum(
+    "dataset", "mnist5k", ["mnist5k", "fashion_mnist", "fashion_mnist_resnet20"],
+    "mnist5k (LeNet-5, quick, 1,000 test digits), fashion_mnist (LeNet-5, the headline) or "
+    "fashion_mnist_resnet20 (the BatchNorm network, a few rows).")
 _QUICK = flags.DEFINE_bool("quick", False, "1 seed, a short schedule and a few rows (minutes).")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (--quick keeps the first one).")
 _EXTRA_SEEDS = flags.DEFINE_list(
@@ -77,6 +79,14 @@ _MAX_TIER = flags.DEFINE_integer("max_tier", 9, "Run only rows of this tier or l
 _REPORT_ONLY = flags.DEFINE_bool(
     "report_only", False, "Train nothing: rewrite the tables from the runs already finished under "
     "--workdir (the others count as missing).")
+_SHARD = flags.DEFINE_string(
+    "shard", "", "'i/n': run only every n-th planned (row, seed) starting at the i-th (0-based), "
+    "so n processes or machines sharing --workdir split one sweep (pass each its own --out_dir, "
+    "then --report_only writes the table from all of them). The float runs of --seeds must exist "
+    "or be in shard 0, which trains them first; the others wait for them.")
+_RUNS_NOTE = flags.DEFINE_string(
+    "runs_note", "", "Where the runs were made, when not all by this invocation on this machine "
+    "(e.g. some on a GPU with bench/gpu.sh); printed under the header.")
 _LEVELS_LAYER = flags.DEFINE_string(
     "levels_layer", "fc1", "Layer whose weights and levels <out_dir>/levels_<method>.png show "
     "(first seed, each method's LEVEL_ROWS run); '' writes none.")
@@ -104,6 +114,9 @@ class Profile:
   config: Callable[[str], ml_collections.ConfigDict]  # 'float', 'float_ft' or a configs/ name
   nuuq_schedule: dict[str, int]  # NUUQ's re-clustering steps for this fine-tuning length
   limits: dict[str, float]  # allowed loss in points for the 'within' claims
+  rows: tuple[str, ...] = ()  # the rows of `sweep` this table runs (empty: all of them)
+  float_target: float = 0.0  # the float network's target test accuracy in %, 0: none
+  runs_dir: str = ""  # folder under --workdir (default: `dataset`)
 
 
 def _mnist5k_config(name: str) -> ml_collections.ConfigDict:
@@ -122,6 +135,12 @@ def _fashion_config(name: str) -> ml_collections.ConfigDict:
   return lenet5.get_config(name)
 
 
+def _fashion_resnet20_config(name: str) -> ml_collections.ConfigDict:
+  from configs.fashion import resnet20
+
+  return resnet20.get_config(name)
+
+
 PROFILES = {
     "mnist5k": Profile(
         "mnist5k", "LeNet-5 on mnist5k", "accuracy", 1000, _mnist5k_config,
@@ -132,7 +151,18 @@ PROFILES = {
         "fashion_mnist", "LeNet-5 on Fashion-MNIST", "fashion", 10000, _fashion_config,
         nuuq_schedule=dict(recluster_every=100, freeze_at=1600),  # 2,105 fine-tuning steps
         limits={"uniform/W4A4": 0.5, "uniform/W2A2": 3.0, "nuuq/N4": 0.5, "nuuq/N3": 1.0,
-                "liss/W4A4": 1.0}),
+                "liss/W4A4": 1.0}, float_target=91.0),
+    # The BatchNorm network (configs/fashion/resnet20.py: float 40 epochs, rows fine-tuned 8):
+    # its float target and the uniform and NUUQ claims, not every row (hours per row on 2 cores).
+    "fashion_mnist_resnet20": Profile(
+        "fashion_mnist", "ResNet-20 on Fashion-MNIST", "fashion_resnet20", 10000,
+        _fashion_resnet20_config,
+        nuuq_schedule=dict(recluster_every=100, freeze_at=2600),  # 3,376 fine-tuning steps
+        limits={"uniform/W4A4": 0.5, "uniform/W2A2": 3.0, "nuuq/N4": 0.5, "nuuq/N3": 1.0,
+                "liss/W4A4": 1.0},
+        rows=("float/FT", "uniform/W4A4", "uniform/W2A2", "nuuq/N4"),
+        float_target=93.5,
+        runs_dir="fashion_mnist_resnet20"),
 }
 
 
@@ -178,7 +208,9 @@ def sweep(profile: Profile | None = None) -> list[Row]:
   profile = profile or PROFILES["mnist5k"]
   rows = [Row("float", "FT", {}, {}, bits=32, tier=1, config="float_ft")]
   uniform_w = dict(name="uniform", granularity="channel", scale_method="lsq")
-  uniform_a = dict(name="uniform", signed=False, scale_method="max")
+  # LSQ on both sides: a learned activation step, as the W2A2 target ("LSQ-style") names; a
+  # max-scaled 2-bit activation spends its four levels on the outliers (-10 points on Fashion).
+  uniform_a = dict(name="uniform", signed=False, scale_method="lsq")
   rows += [_same_bits("uniform", b, uniform_w, uniform_a) for b in (2, 3, 4, 8)]
   rows += [_same_bits("pact", b, uniform_w, dict(name="pact")) for b in (3, 4)]
   for method, extra in (("pot", {}), ("log", {"base_root": 2})):
@@ -219,7 +251,8 @@ def sweep(profile: Profile | None = None) -> list[Row]:
                      ("ptq.act_sqnr_db", 20.0), ("ptq.force", ".*=fixed"))),
   ]
   tiers = {name: 1 for name in _TIER1} | {name: 2 for name in _TIER2}
-  return [dataclasses.replace(r, tier=tiers.get(r.name, r.tier)) for r in rows]
+  rows = [dataclasses.replace(r, tier=tiers.get(r.name, r.tier)) for r in rows]
+  return [r for r in rows if r.name in profile.rows] if profile.rows else rows
 
 
 def select_rows(rows: list[Row], quick: bool, only: str, max_tier: int = 9) -> list[Row]:
@@ -275,6 +308,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   path = os.path.join(workdir, "summary.json")
   if os.path.exists(path):
     changed = config_diff(checkpoint.load_config(workdir).to_dict(), config.to_dict())
+    if config.get("mode") == "ptq":  # a PTQ run records the formats it chose as its quantizers
+      changed = [c for c in changed if not c.startswith("quant.")]
     if changed:
       raise ValueError(f"{workdir} was run with a different config ({', '.join(changed)}); use "
                        "a new --workdir")
@@ -382,13 +417,17 @@ def row_stats(per_seed: dict[str, dict[str, float]],
   }
 
 
-def verdict(ci: dict[str, Any], limit: float) -> str:
-  """PASS if the whole interval is >= limit, FAIL if all of it is below, else INCONCLUSIVE."""
+def verdict(ci: dict[str, Any], limit: float, strict: bool = False) -> str:
+  """PASS if the whole interval is >= limit, FAIL if all of it is below, else INCONCLUSIVE.
+
+  `strict` (an "ahead of" / "helps" claim): PASS needs the whole interval above the limit and
+  FAIL is the whole interval at or below it, so two rows that never differ are not "ahead".
+  """
   if ci["lo"] is None:
     return "INCONCLUSIVE"
-  if ci["lo"] >= limit:
+  if ci["lo"] > limit if strict else ci["lo"] >= limit:
     return "PASS"
-  if ci["hi"] < limit:
+  if ci["hi"] <= limit if strict else ci["hi"] < limit:
     return "FAIL"
   return "INCONCLUSIVE"
 
@@ -413,6 +452,7 @@ class Claim:
   row: str | Callable[[dict], str | None]
   baseline: str
   limit: float
+  strict: bool = False  # 'ahead of' / 'helps': a difference of exactly zero does not pass
 
   def rows(self, stats: dict) -> list[str]:
     row = self.row(stats) if callable(self.row) else self.row
@@ -435,19 +475,19 @@ def claims(profile: Profile) -> list[Claim]:
                -lim["liss/W4A4"])]
   for b in (3, 4):
     out += [Claim(f"ESB (k picked on validation) ahead of uniform at W{b}A{b}", esb(b),
-                  f"uniform/W{b}A{b}", 0.0),
+                  f"uniform/W{b}A{b}", 0.0, strict=True),
             Claim(f"ESB (k picked on validation) ahead of PoT at W{b}A{b}", esb(b),
-                  f"pot/W{b}A{b}", 0.0)]
+                  f"pot/W{b}A{b}", 0.0, strict=True)]
   out += [Claim("ESB's distribution-difference loss helps (W3A3-k2 vs dda.weight=0)",
-                "esb/W3A3-k2", "esb/W3A3-k2-noDDA", 0.0),
+                "esb/W3A3-k2", "esb/W3A3-k2-noDDA", 0.0, strict=True),
           Claim("NUUQ's re-clustering helps (N4 vs levels fitted once)", "nuuq/N4",
-                "nuuq/N4-norecluster", 0.0),
+                "nuuq/N4-norecluster", 0.0, strict=True),
           Claim("NUUQ's re-clustering helps (N3 vs levels fitted once)", "nuuq/N3",
-                "nuuq/N3-norecluster", 0.0),
+                "nuuq/N3-norecluster", 0.0, strict=True),
           Claim("MXQN's mixed choice beats all-fixed activations at W6 A5-4",
-                "ptq/MXQN W6 mixed A5-4", "ptq/MXQN W6 fixed A5-4", 0.0),
+                "ptq/MXQN W6 mixed A5-4", "ptq/MXQN W6 fixed A5-4", 0.0, strict=True),
           Claim("MXQN's mixed choice beats all-fixed activations at W8 A8",
-                "ptq/MXQN W8 mixed A8", "ptq/MXQN W8 fixed A8", 0.0)]
+                "ptq/MXQN W8 mixed A8", "ptq/MXQN W8 fixed A8", 0.0, strict=True)]
   return out
 
 
@@ -455,7 +495,18 @@ def run_checks(results: dict[str, dict[str, dict]], stats: dict[str, dict[str, A
                profile: Profile) -> list[dict[str, Any]]:
   """Every claim: PASS / FAIL / INCONCLUSIVE by its paired interval, SKIP if a row is missing."""
   out = []
+  if profile.float_target and results.get("float"):
+    # One-sample: the float runs' accuracies against the target (the interval of their mean).
+    ci = interval([100 * r["test"] - profile.float_target for r in results["float"].values()])
+    out.append({"claim": f"float reaches {profile.float_target:g} % (mean over seeds)",
+                "status": verdict(ci, 0.0), "rows": ["float"], "ci": ci, "near_limit": False,
+                "detail": f"float - {profile.float_target:g} % = {_fmt_ci(ci)} points; "
+                          "needs >= +0"})
+  table_rows = {"float", *profile.rows}
   for claim in claims(profile):
+    involved = claim.rows(stats)  # an ESB claim with no ESB row has only its baseline here
+    if profile.rows and (len(involved) < 2 or not set(involved) <= table_rows):
+      continue  # a claim about rows this table does not have
     row = claim.row(stats) if callable(claim.row) else claim.row
     missing = [r for r in (row, claim.baseline) if not r or not results.get(r)]
     if missing:
@@ -464,7 +515,7 @@ def run_checks(results: dict[str, dict[str, dict]], stats: dict[str, dict[str, A
                   "rows": claim.rows(stats), "ci": None})
       continue
     ci = paired(results[row], results[claim.baseline])
-    status = verdict(ci, claim.limit)
+    status = verdict(ci, claim.limit, claim.strict)
     near = (status == "INCONCLUSIVE" and ci["se"] is not None
             and abs(ci["mean"] - claim.limit) <= 2 * ci["se"])
     out.append({
@@ -536,6 +587,7 @@ def markdown(report: dict[str, Any]) -> str:
   lines = [
       f"# Accuracy of every method: {report['title']}{quick}", "",
       f"Generated by `{report['command']}` on {report['date']}, {report['machine']}.", "",
+      *([f"Runs: {report['runs_note']}", ""] if report.get("runs_note") else []),
       *([partial, ""] if partial else []),
       f"Seeds {', '.join(report['seeds'])}; float trained from scratch for "
       f"{report['epochs']['float']:g} epochs; every fine-tuned row, and `float/FT` (the float run "
@@ -676,6 +728,14 @@ def plan_runs(rows: list[Row], seeds: list[str]) -> list[tuple[Row, str]]:
           for row in rows if row.tier == tier for seed in seeds]
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+  """'i/n' -> (i, n) with 0 <= i < n."""
+  match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+  if not match or not int(match[1]) < int(match[2]):
+    raise app.UsageError(f"--shard={text!r}: expected i/n with 0 <= i < n, e.g. 0/4")
+  return int(match[1]), int(match[2])
+
+
 def _progress(i: int, total: int, start: float) -> str:
   """The line printed after each run: '[i/total, h:mm:ss elapsed, ~h:mm:ss left at this pace]'."""
   elapsed = time.perf_counter() - start
@@ -685,13 +745,21 @@ def _progress(i: int, total: int, start: float) -> str:
 
 
 def main(argv):
+  try:
+    sweep_main(argv)
+  except preemption.Preempted as e:  # the tables written so far stand; the same command resumes
+    sys.exit(f"accuracy_table: {e}")
+
+
+def sweep_main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   profile = PROFILES[_DATASET.value]
   quick = _QUICK.value
   seeds = _SEEDS.value[:1] if quick and not flags.FLAGS["seeds"].present else _SEEDS.value
   rows = select_rows(sweep(profile), quick, _ONLY.value, _MAX_TIER.value)
-  root = os.path.join(_WORKDIR.value, profile.dataset, "quick" if quick else "full")
+  root = os.path.join(_WORKDIR.value, profile.runs_dir or profile.dataset,
+                      "quick" if quick else "full")
   out_dir = _OUT_DIR.value
   if quick and not flags.FLAGS["out_dir"].present:
     out_dir = os.path.join(out_dir, "quick")
@@ -700,6 +768,7 @@ def main(argv):
   status: dict[str, str] = {}
   header = dict(command=shlex.join(["python", "bench/accuracy_table.py", *sys.argv[1:]]),
                 date=datetime.date.today().isoformat(), machine=machine(), quick=quick,
+                runs_note=_RUNS_NOTE.value,
                 seeds=seeds, epochs={"float": make_config(None, 0, "", quick, profile).num_epochs,
                                      "fine_tune": make_config(sweep(profile)[1], 0, "", quick,
                                                               profile).num_epochs})
@@ -728,6 +797,8 @@ def main(argv):
       results.setdefault(name, {})[seed] = rec
       progress.write(f"{name:<24} seed {seed}: test {100 * rec['test']:.2f} %  "
                      f"({time.perf_counter() - t0:.0f} s)", sys.stdout)
+    except preemption.Preempted:
+      raise  # a signal stops the sweep (the run saved a checkpoint; the same command resumes)
     except Exception as e:  # noqa: BLE001  one failed row (e.g. a NaN loss) must not end the sweep
       first_line = (str(e).splitlines() or [type(e).__name__])[0]
       status[name] = f"failed: {first_line[:120]}"
@@ -741,6 +812,14 @@ def main(argv):
     return report
 
   plan = [(None, s) for s in seeds] + plan_runs(rows, seeds)
+  if _SHARD.value:
+    index, count = parse_shard(_SHARD.value)
+    missing = [s for s in seeds if not os.path.exists(os.path.join(float_dir(s), "summary.json"))]
+    if index and missing:
+      raise app.UsageError(f"--shard={_SHARD.value}: the float runs of seeds {','.join(missing)} "
+                           f"are not finished under {root}; run shard 0 (which trains them) or "
+                           "the floats first")
+    plan = [(None, s) for s in seeds] + plan_runs(rows, seeds)[index::count]
   # The whole sweep's bar (on a terminal; the '[i/N, ...]' lines say the same in a log).
   runs_bar = progress.bar(total=len(plan), desc="sweep", unit="run")
   for i, (row, seed) in enumerate(plan):
@@ -754,7 +833,7 @@ def main(argv):
   report = write(len(plan))
   extra = [s for s in _EXTRA_SEEDS.value if s and s not in seeds]
   close = {r for c in report["checks"] if c.get("near_limit") for r in c["rows"]}
-  if extra and close and not quick and not _REPORT_ONLY.value:
+  if extra and close and not quick and not _REPORT_ONLY.value and not _SHARD.value:
     more = [(None, s) for s in extra] + [(row, s) for row in rows if row.name in close
                                          for s in extra]
     header["seeds"] = seeds + extra

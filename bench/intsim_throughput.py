@@ -62,9 +62,15 @@ def main(argv):
         out, stats = emulator.run_jax(u8)
         out.block_until_ready()
     contenders[f"emulator ({mac})"] = call
-  for fn in contenders.values():  # compile and warm up
-    fn()
-    fn()
+  failed = {}
+  for name, fn in list(contenders.items()):  # compile and warm up
+    try:
+      fn()
+      fn()
+    except Exception as e:  # noqa: BLE001  e.g. XLA GPU has no integer convolution for 'int'
+      failed[name] = next((line for line in str(e).splitlines() if line.strip()),
+                          type(e).__name__)[:160]
+      del contenders[name]
   times = {name: [] for name in contenders}
   for _ in range(_REPEATS.value):
     for name, fn in contenders.items():
@@ -83,6 +89,8 @@ def main(argv):
   for name in contenders:
     lines.append(f"| {name} | {1e3 * median[name]:.2f} | {rate[name]:.0f} | "
                  f"{rate[name] / rate['float']:.2f} |")
+  for name, error in failed.items():
+    lines.append(f"| {name} | failed on this backend: {error} | | |")
   text = "\n".join(lines) + "\n"
   print(text)
   if _OUT.value:

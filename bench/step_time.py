@@ -41,6 +41,9 @@ _PEER = flags.DEFINE_enum(
     "Also time the same model quantized W8A8 by Qwix's QAT (QtProvider), the peer library: "
     "'auto' when the 'bench' extra is installed (pip install -e '.[bench]').")
 
+_ROWS = flags.DEFINE_list("rows", [], "Rows to time besides float (default: ROWS), e.g. "
+                          "uniform/W8A8,uniform/W4A4.")
+
 EIGHT_BIT = dict(name="uniform", bits=8, granularity="channel", scale_method="lsq")
 ROWS = ("uniform/W8A8", "uniform/W4A4", "pact/W4A4", "pot/W4A4", "log/W4A4", "esb/W4A4-k2",
         "nuuq/N4", "liss/W4A4")
@@ -49,7 +52,7 @@ ROWS = ("uniform/W8A8", "uniform/W4A4", "pact/W4A4", "pot/W4A4", "log/W4A4", "es
 def variants(layers) -> dict[str, intercept.QuantPlan]:
   plans = {"float": intercept.QuantPlan()}
   for row in accuracy_table.sweep():
-    if row.name in ROWS:
+    if row.name in (_ROWS.value or ROWS):
       plans[row.name] = intercept.resolve(
           layers, weight=row.weight, act=row.act,
           first_layer={"weight": EIGHT_BIT, "act": None}, last_layer={"weight": EIGHT_BIT})
@@ -98,15 +101,25 @@ def build(model, plan, images, labels):
 
 def main(argv):
   del argv
+  unknown = sorted(set(_ROWS.value) - set(ROWS))
+  if unknown:
+    raise app.UsageError(f"--rows: unknown {', '.join(unknown)}; valid: {', '.join(ROWS)}")
   shape = (28, 28, 1) if _MODEL.value in ("lenet5", "sequential") else (32, 32, 3)
   model = models.get_model(_MODEL.value, num_classes=10)
   images = jax.random.normal(jax.random.key(1), (_BATCH.value, *shape))
   labels = jax.random.randint(jax.random.key(2), (_BATCH.value,), 0, 10)
   layers = intercept.discover_layers(model, images[:2], train=False)
-  runs = {name: list(build(model, plan, images, labels))
-          for name, plan in variants(layers).items()}
+  builders = {name: (lambda plan=plan: build(model, plan, images, labels))
+              for name, plan in variants(layers).items()}
   if want_peer():
-    runs["qwix/W8A8 (peer)"] = list(build(qwix_model(model), None, images, labels))
+    builders["qwix/W8A8 (peer)"] = lambda: build(qwix_model(model), None, images, labels)
+  runs, failed = {}, {}
+  for name, make in builders.items():
+    try:  # build, compile and run one step: a variant this backend cannot run is reported
+      runs[name] = list(make())
+    except Exception as e:  # noqa: BLE001  e.g. XLA GPU cannot lower Qwix's int8 convolution
+      failed[name] = next((line for line in str(e).splitlines() if line.strip()),
+                          type(e).__name__)[:160]
   times: dict[str, list[float]] = {name: [] for name in runs}
   for _ in range(_REPS.value):
     for name, run in runs.items():
@@ -133,8 +146,10 @@ def main(argv):
     median = statistics.median(ts)
     ok = "" if name == "float" or "peer" in name else ("yes" if median / base <= 1.3 else "NO")
     lines.append(f"| {name} | {1e3 * median:.2f} | {median / base:.2f} | {ok} |")
+  for name, error in failed.items():
+    lines.append(f"| {name} | failed on this backend: {error} | | |")
   peer = [n for n in times if "peer" in n]
-  if peer:
+  if peer and "uniform/W8A8" in times:
     ours = statistics.median(times["uniform/W8A8"])
     theirs = statistics.median(times[peer[0]])
     lines += ["", f"quantjax uniform/W8A8 against {peer[0]}: {ours / theirs:.2f}x its step time "

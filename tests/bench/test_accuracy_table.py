@@ -1,5 +1,6 @@
 """bench/accuracy_table.py without training: the sweep, the configs, the table, the checks."""
 
+import dataclasses
 import importlib
 import json
 
@@ -187,6 +188,16 @@ def test_verdict_is_decided_by_the_interval(lo, hi, limit, expected):
   assert table.verdict({"lo": lo, "hi": hi}, limit) == expected
 
 
+@pytest.mark.parametrize("lo, hi, expected", [
+    (0.0, 0.0, "FAIL"),  # two rows that never differ: not "ahead"
+    (0.0, 0.4, "INCONCLUSIVE"),
+    (0.1, 0.4, "PASS"),
+    (-0.3, 0.0, "FAIL"),
+])
+def test_ahead_claims_need_a_difference(lo, hi, expected):
+  assert table.verdict({"lo": lo, "hi": hi}, 0.0, strict=True) == expected
+
+
 def test_pareto_front_keeps_only_undominated_points():
   points = [(10, 90.0), (5, 85.0), (20, 89.0), (5, 80.0), (30, 91.0), (8, 85.0)]
   assert table.pareto_front(points) == [(5, 85.0), (10, 90.0), (30, 91.0)]
@@ -320,7 +331,7 @@ def test_quick_reports_say_so():
   report = _report({"float": FLOAT})
   report["quick"] = True
   assert "QUICK" in table.markdown(report).splitlines()[0]
-  assert all(c["status"] == "SKIP" for c in report["checks"])
+  assert all(c["status"] == "SKIP" for c in report["checks"] if c["rows"] != ["float"])
 
 
 def test_plan_runs_goes_tier_by_tier_with_every_seed():
@@ -337,3 +348,44 @@ def test_every_level_figure_row_is_in_the_sweep_one_per_method():
   assert set(table.LEVEL_ROWS) <= set(names)
   methods = [names[n] for n in table.LEVEL_ROWS]
   assert sorted(methods) == sorted(set(table.METHOD_CONFIGS))  # one figure per method
+
+
+def test_float_target_is_a_one_sample_interval():
+  # FLOAT: 90.0, 91.0, 90.5 -> minus 91.0: -1.0, 0.0, -0.5; mean -0.5, sd 0.5, se 0.2887,
+  # t(2) = 4.303: [-1.742, +0.742] -> INCONCLUSIVE; 89.0 % would make it PASS.
+  check = _report({"float": FLOAT})["checks"][0]
+  assert check["claim"] == "float reaches 91 % (mean over seeds)"
+  assert check["status"] == "INCONCLUSIVE"
+  assert check["ci"]["mean"] == pytest.approx(-0.5)
+  assert check["ci"]["lo"] == pytest.approx(-0.5 - 4.303 * 0.5 / 3 ** 0.5, abs=1e-6)
+  low = table.build_report(_rows(), {"float": FLOAT}, {},
+                           dataclasses.replace(PROFILE, float_target=89.0), command="x",
+                           date="d", machine="m", quick=False, seeds=["0"], epochs={})
+  assert low["checks"][0]["status"] == "PASS"
+
+
+def test_resnet20_table_runs_its_rows_and_claims_only():
+  profile = table.PROFILES["fashion_mnist_resnet20"]
+  rows = table.sweep(profile)
+  assert [r.name for r in rows] == ["float/FT", "uniform/W2A2", "uniform/W4A4", "nuuq/N4"]
+  config = table.make_config(rows[2], 1, "/runs/float", False, profile)
+  assert config.model == "resnet20" and config.num_epochs == 8.0 and config.seed == 1
+  assert config.quant.weight.bits == 4 and config.init_from == "/runs/float"
+  report = table.build_report(rows, {"float": FLOAT}, {}, profile, command="x", date="d",
+                              machine="m", quick=False, seeds=["0"], epochs={})
+  claims = [c["claim"] for c in report["checks"]]
+  assert claims == ["float reaches 93.5 % (mean over seeds)",
+                    "uniform W4A4 within 0.5 points of float",
+                    "uniform W2A2 within 3 points of float",
+                    "NUUQ 4 levels within 0.5 points of float"]
+
+
+def test_shards_split_the_plan_without_overlap():
+  rows = table.sweep(PROFILE)
+  plan = table.plan_runs(rows, ["0", "1", "2"])
+  shards = [plan[i::4] for i in range(4)]
+  assert sorted(sum(shards, []), key=plan.index) == plan
+  assert table.parse_shard("3/4") == (3, 4)
+  for bad in ("4/4", "1", "a/b", "-1/2"):
+    with pytest.raises(table.app.UsageError, match="expected i/n"):
+      table.parse_shard(bad)

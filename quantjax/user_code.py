@@ -52,21 +52,40 @@ def normalise(entries: Iterable[str]) -> list[str]:
   return out
 
 
+def _file_version(path: str) -> tuple[int, int]:
+  stat = os.stat(path)
+  return stat.st_mtime_ns, stat.st_size
+
+
 def _import_file(path: str) -> None:
+  """Executes the file as module `<its base name>`, unless that module is this file unchanged.
+
+  A file edited since it was imported (a notebook cell that writes it, run again) is executed
+  again, so the quantizers it registers replace their earlier versions.
+  """
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no such file {path}")
   name = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
   loaded = sys.modules.get(name)
-  if loaded is not None and os.path.abspath(getattr(loaded, "__file__", "") or "") == path:
+  if (
+    loaded is not None
+    and os.path.abspath(getattr(loaded, "__file__", "") or "") == path
+    and getattr(loaded, "__quantjax_file_version__", None) == _file_version(path)
+  ):
     return  # already imported (a second tool in the same process, a notebook)
+  version = _file_version(path)
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   sys.modules[name] = module  # dataclasses and pickling look the module up by name
   try:
     spec.loader.exec_module(module)
   except BaseException:
-    sys.modules.pop(name, None)
+    if loaded is None:
+      sys.modules.pop(name, None)
+    else:
+      sys.modules[name] = loaded
     raise
+  module.__quantjax_file_version__ = version
 
 
 def import_modules(entries: Iterable[str]) -> list[str]:
@@ -135,5 +154,37 @@ def import_for_workdir(workdir: str, extra: Iterable[str] = ()) -> list[str]:
   from quantjax.workdir import Workdir  # noqa: PLC0415 (keeps this module light for flag parsing)
 
   wd = Workdir(workdir)
-  recorded = wd.recorded_config().get("imports") or () if wd.has_config() else ()
-  return import_modules([*recorded, *extra])
+  config = wd.recorded_config() if wd.has_config() else {}
+  recorded = config.get("imports") or ()
+  entries = import_modules([*recorded, *extra])
+  _check_quantizers_found(workdir, config.get("quant") or {}, entries)
+  return entries
+
+
+def _quantizer_names(tree: Any) -> set[str]:
+  """The `name` of every quantizer spec in a recorded `quant` block (dicts, lists, rules)."""
+  names = set()
+  if isinstance(tree, dict):
+    if isinstance(tree.get("name"), str):
+      names.add(tree["name"])
+    for value in tree.values():
+      names |= _quantizer_names(value)
+  elif isinstance(tree, (list, tuple)):
+    for value in tree:
+      names |= _quantizer_names(value)
+  return names
+
+
+def _check_quantizers_found(workdir: str, quant: dict, entries: Sequence[str]) -> None:
+  """One line naming a quantizer the run used that no import registered, and the way out."""
+  from quantjax import quantizers  # noqa: PLC0415 (keeps this module light for flag parsing)
+
+  missing = sorted(_quantizer_names(quant) - set(quantizers.names()) - {"none", "float"})
+  if missing:
+    imported = ", ".join(entries) or "none"
+    raise ValueError(
+      f"run {workdir!r} uses quantizer {missing[0]!r}, which no imported module registers "
+      f"(imports: {imported}); a quantizer defined in a notebook cell or a script's __main__ "
+      "cannot be imported again: define it in a module and name it in config.imports or with "
+      "--import"
+    )

@@ -166,3 +166,45 @@ def test_flag_values_and_normalise(tmp_path, monkeypatch):
   assert user_code.flag_values(argv) == ["a.py", "pkg.mod", "a.py"]
   assert user_code.normalise(user_code.flag_values(argv)) == [str(tmp_path / "a.py"), "pkg.mod"]
 
+
+
+def test_a_file_is_imported_once_and_again_after_an_edit(user_file):
+  """A notebook cell that rewrites the quantizer's file and imports it gets the new version."""
+  user_code.import_modules([user_file])
+  first = sys.modules["my_ternary"]
+  user_code.import_modules([user_file])
+  assert sys.modules["my_ternary"] is first  # unchanged: not executed twice
+  with open(user_file, "a") as f:
+    f.write("\nEDITED = True\n")
+  os.utime(user_file, ns=(0, os.stat(user_file).st_mtime_ns + 10**9))  # coarse clocks
+  user_code.import_modules([user_file])
+  again = sys.modules["my_ternary"]
+  assert again is not first and again.EDITED
+  assert quantizers.get(_NAME) is again.Ternary  # the edited class replaced the old one
+  broken = open(user_file).read() + "\nraise RuntimeError('bad edit')\n"
+  with open(user_file, "w") as f:
+    f.write(broken)
+  os.utime(user_file, ns=(0, os.stat(user_file).st_mtime_ns + 2 * 10**9))
+  with pytest.raises(ValueError, match="bad edit"):
+    user_code.import_modules([user_file])
+  assert sys.modules["my_ternary"] is again  # a failed edit keeps the last good module
+
+
+def test_a_run_whose_quantizer_no_import_registers_says_how_to_fix_it(tmp_path, user_file):
+  """A quantizer defined in a notebook cell trains, but a tool in another process cannot find it."""
+  quant = {"weight": {"name": "uniform", "bits": 4},
+           "rules": [{"pattern": "fc1", "weight": {"name": _NAME}}], "bias": {"name": "float"}}
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text(json.dumps({"quant": quant, "imports": []}))
+  _forget("my_ternary")
+  with pytest.raises(ValueError) as e:
+    user_code.import_for_workdir(str(run))
+  assert str(e.value) == (
+    f"run {str(run)!r} uses quantizer {_NAME!r}, which no imported module registers (imports: "
+    "none); a quantizer defined in a notebook cell or a script's __main__ cannot be imported "
+    "again: define it in a module and name it in config.imports or with --import")
+  assert user_code.import_for_workdir(str(run), [user_file]) == [user_file]  # found this way
+  (run / "config.json").write_text(json.dumps({"quant": quant, "imports": [user_file]}))
+  _forget("my_ternary")
+  assert user_code.import_for_workdir(str(run)) == [user_file]  # or recorded by the run

@@ -7,9 +7,10 @@ index: per tensor its shape, stored bit width, signedness, byte offset and byte 
 `manifest.json`, written last, holds both files' SHA-256 checksums. `load` validates everything
 before returning: the format name and version, every node (its op known, its fields present, its
 inputs made by an earlier node), every tensor a node needs, shapes against the nodes, shifts in
-[0, 62], the data file's length (no bytes missing, none trailing), and the checksums; each problem
-is a one-line ValueError. An export made before manifests existed is read with a one-line note.
-The schema and each op's integer arithmetic are written out in docs/FORMAT.md.
+[0, 62], multipliers >= 0, ascending level tables, the data file's length (no bytes missing, none
+trailing), and the checksums; each problem is a one-line ValueError. An export made before
+manifests existed is read with a one-line note. The schema and each op's integer arithmetic are
+written out in docs/FORMAT.md.
 """
 
 from __future__ import annotations
@@ -111,12 +112,10 @@ def _required_tensors(node: dict) -> dict[str, tuple[int, ...] | None]:
     need[f"{out}.bias"] = (cout,)
     need[f"{out}.sign"] = (cout,)
   elif op == "requant":
-    need[f"{out}.sign"] = None
-    if node["kind"] == "dyadic":
-      need.update({f"{out}.m": None, f"{out}.shift": None, f"{out}.offset": None})
-    else:
-      for mode in ("half_even", "half_up", "floor"):
-        need[f"{out}.thresholds.{mode}"] = None
+    need.update({f"{out}.sign": None, f"{out}.m": None, f"{out}.shift": None,
+                 f"{out}.offset": None})
+    if node["kind"] == "threshold":
+      need[f"{out}.table"] = (int(node["num_levels"]),)
   elif op == "add":
     need = {f"{out}.m": None, f"{out}.shift": None}
   decode = node.get("decode")
@@ -141,8 +140,10 @@ def load(path: str) -> Graph:
     found = doc.get("format") if isinstance(doc, dict) else None
     raise ValueError(f"{graph_file}: format {found!r} is not {FORMAT_NAME!r}")
   if doc.get("version") != FORMAT_VERSION:
+    older = isinstance(doc.get("version"), int) and doc["version"] < FORMAT_VERSION
     raise ValueError(f"{graph_file}: format version {doc.get('version')!r} is not supported; "
-                     f"this quantjax reads version {FORMAT_VERSION} (re-export the model)")
+                     f"this quantjax reads version {FORMAT_VERSION} (re-export the model"
+                     f"{' with it: docs/FORMAT.md lists what changed' if older else ''})")
   for key in ("meta", "nodes", "tensors"):
     if key not in doc:
       raise ValueError(f"{graph_file}: missing {key!r}")
@@ -216,6 +217,16 @@ def _check_nodes(nodes, graph_file: str) -> None:
     made.add(node["out"])
 
 
+def _check_requant(node: dict, tensors: dict[str, np.ndarray]) -> None:
+  """Multipliers >= 0, and a threshold requant's levels strictly ascending (one line)."""
+  out = node["out"]
+  if np.any(tensors[f"{out}.m"] < 0):
+    raise ValueError(f"tensor '{out}.m' (node {out!r}) has a negative multiplier; a negative "
+                     f"scale is the '{out}.sign' tensor's")
+  if node["kind"] == "threshold" and np.any(np.diff(tensors[f"{out}.table"]) <= 0):
+    raise ValueError(f"tensor '{out}.table' (node {out!r}) is not strictly ascending")
+
+
 # The keys of each entry of the tensor index (docs/FORMAT.md).
 TENSOR_FIELDS = ("shape", "bits", "signed", "offset", "nbytes")
 
@@ -260,6 +271,8 @@ def _parse(doc: dict, data: bytes, graph_file: str, data_file: str) -> Graph:
         raise ValueError(f"tensor {name!r} (node {node['out']!r}) has shifts in "
                          f"[{tensors[name].min()}, {tensors[name].max()}], outside "
                          f"[0, {MAX_SHIFT}]")
+    if node["op"] == "requant":
+      _check_requant(node, tensors)
     produced.add(node["out"])
   if doc["meta"].get("output") not in produced:
     raise ValueError(f"{graph_file}: output {doc['meta'].get('output')!r} is not a node's output")

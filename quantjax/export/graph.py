@@ -11,10 +11,13 @@ what the emulator (quantjax.intsim) computes for each, on int tensors laid out N
   accumulator's scale. `sign` (±1 per output channel) comes from BatchNorm folding with γ < 0.
 - `relu`: `max(x, zero)`; `maxpool` (window or global) and `sumpool` (global: the sum; the 1/HW
   of an average pool is folded into the next rescale); `flatten` (NHWC order, as the models).
-- `requant`: from an int tensor (or decoded codes) `r` to the codes of the next quantizer:
-  'dyadic' `clip(round((sign·r·m + o) >> shift) + zero_point, qmin, qmax)`, or 'threshold'
-  `#{j : sign·r >= T_j}` (non-uniform levels). BatchNorm after ReLU (the Sequential net) is folded
-  into `m` and `o` (an integer per-channel scale and offset), not into the preceding conv.
+- `requant`: from an int tensor (or decoded codes) `r` to the codes of the next quantizer, through
+  `v = sign·r·m + o` (`v·2^-shift` is the value in the target's units): 'dyadic'
+  `clip(round(v >> shift) + zero_point, qmin, qmax)` onto uniform codes, or 'threshold' onto the
+  non-uniform integer levels stored with it (`<out>.table`), the code the index of the level `v`
+  rounds to (quantjax.export.rescale.level_thresholds). BatchNorm after ReLU (the Sequential net)
+  is folded into `m` and `o` (an integer per-channel scale and offset), not into the preceding
+  conv.
 - `add`: `a + round((b·m) >> shift)`: the residual add, rescaling the shortcut `b` to `a`'s scale.
 
 The last node's output is the logits as int32 at `output_scale` (a per-channel rescale of the
@@ -31,7 +34,7 @@ import numpy as np
 from quantjax.export import codes as codes_lib
 from quantjax.export import rescale
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: threshold requants store m, shift, offset and one level table
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
@@ -67,6 +70,7 @@ class Tensor:
   hw: tuple[int, int] | None = None  # spatial size (None once flattened or pooled globally)
   consumer: str | None = None  # the layer whose input codes these already are
   float_bias: np.ndarray | None = None  # the producer's bias, unrounded (BatchNorm folding)
+  table: str | None = None  # the stored level table its 'table' codes decode with
 
 
 def _same_pad(n: int, k: int, s: int) -> tuple[int, int]:
@@ -124,8 +128,9 @@ class Builder:
     if x.act is None:
       return None, None
     if x.act.kind == "table":
-      name = self._put(f"{x.name}.table", x.act.table)
-      return {"table": name}, x.act.table
+      if x.table is None:
+        raise ValueError(f"codes {x.name!r} on a level table that no requant stored")
+      return {"table": x.table}, x.act.table
     return {"zero_point": int(x.act.zero_point)}, x.act.values()
 
   def layer(self, op: str, name: str, x: Tensor, wc: codes_lib.WeightCodes, bias: np.ndarray | None,
@@ -279,20 +284,20 @@ class Builder:
             "target": {"family": target.family, "kind": target.kind, "bits": target.bits,
                        "scale": target.scale}}
     self._put(f"{out}.sign", sign, 2, True)
+    m, shift, o = rescale.dyadic(mu, beta, self.mult_bits)
+    self._put(f"{out}.m", m, self.mult_bits + 1, True)
+    self._put(f"{out}.shift", shift, 7, False)
+    self._put(f"{out}.offset", o, 64, True)
+    table = None
     if target.kind == "uniform":
-      m, shift, o = rescale.dyadic(mu, beta, self.mult_bits)
       node.update(kind="dyadic", qmin=target.qmin, qmax=target.qmax,
                   zero_point=target.zero_point)
-      self._put(f"{out}.m", m, self.mult_bits + 1, True)
-      self._put(f"{out}.shift", shift, 7, False)
-      self._put(f"{out}.offset", o, 64, True)
-    else:
-      th = rescale.thresholds(target.table.astype(np.float64), mu, beta)
+    else:  # the levels, stored once: this node's arithmetic and its consumers' decode read them
       node.update(kind="threshold", num_levels=int(target.table.size))
-      for mode, t in th.items():
-        self._put(f"{out}.thresholds.{mode}", t, 42, True)
+      table = self._put(f"{out}.table", target.table)
     self.nodes.append(node)
-    return Tensor(out, c, np.array([target.scale]), act=target, hw=x.hw, consumer=x.consumer)
+    return Tensor(out, c, np.array([target.scale]), act=target, hw=x.hw, consumer=x.consumer,
+                  table=table)
 
   def add(self, a: Tensor, b: Tensor) -> Tensor:
     """Residual add of two accumulators: b rescaled (dyadic, per channel) to a's scale."""

@@ -14,7 +14,8 @@ It computes what the emulator computes, in float32 instead of exact integers: a 
 can differ by one step where the exact value is within float32 rounding of a rounding boundary,
 and the residual add and the logits skip the emulator's integer rounding. Codes narrower than 8
 bits get a `Clip` after their `DequantizeLinear` (opset-13 Q/DQ has 8-bit types only).
-Non-uniform codes (thresholds), non-uniform weights and codes wider than 8 bits have no QDQ form.
+Non-uniform codes (thresholds), weights stored other than as plain codes (level tables,
+sign/exponent fields) and codes wider than 8 bits have no QDQ form.
 Requires `pip install -e '.[onnx]'`.
 """
 
@@ -25,6 +26,7 @@ import numpy as np
 from quantjax.export.graph import Graph
 from quantjax.export.onnx import OPSET, OnnxGraph, channel_shape
 from quantjax.intsim.emulator import decode_weight
+from quantjax.quantizers.codes import layout_of
 
 _IDENTITY_TOL = 1e-6  # a per-channel requant factor this close to 1 (and no offset) is a no-op
 
@@ -63,9 +65,10 @@ def to_qdq(graph: Graph):
       if in_scale.size != 1:
         raise ValueError(f"layer {n['name']!r}: its input has per-channel scales")
       w = decode_weight(graph, n)
-      if n["weight"]["family"] not in ("uniform", "fixed_point"):
-        raise ValueError(f"layer {n['name']!r}: {n['weight']['family']} weights have no QDQ form "
-                         "(uniform codes only)")
+      layout = layout_of(n["weight"]["fields"])
+      if layout != "codes":
+        raise ValueError(f"layer {n['name']!r}: {n['weight']['family']} weights, stored in the "
+                         f"{layout!r} layout, have no QDQ form (plain uniform codes only)")
       sign = t[f"{out}.sign"]
       w = w * sign  # a negative BatchNorm γ flips the channel
       if w.min() < -128 or w.max() > 127:

@@ -9,8 +9,9 @@ scales in its `Quant` nodes could not be bit-exact: its float rescales round.
 
 - Input: float pixels 0..255 through `Quant` (UINT8), normalised on the integer grid in float64.
 - Weights: the integer weights through `Quant` of their width (`BipolarQuant` when every weight is
-  ±1). Uniform and fixed-point weights are their codes; non-uniform weights (NUUQ, Liss, ESB, PoT)
-  are written as the integers their levels decode to, under a `Quant` of those integers' width:
+  ±1). Weights stored as plain codes (the 'codes' layout: uniform, fixed point) are their codes at
+  their stored width; the other layouts (level tables, sign/exponent/mantissa fields: NUUQ, Liss,
+  ESB, PoT) are written as the integers they decode to, under a `Quant` of those integers' width:
   QONNX has no level table, index or sign/exponent/mantissa type, so the graph computes exactly
   but no longer says how the weights are stored (the node's doc string names the family).
 - MAC: `Conv` in float32, exact while every partial sum is below 2^24 (onnxruntime's Conv has
@@ -19,8 +20,9 @@ scales in its `Quant` nodes could not be bit-exact: its float rescales round.
 - Requantization onto uniform codes: `Quant(r·m·2^-shift + o·2^-shift)` with the run's rounding
   (`ROUND` is half-even; half-up adds 1/2 and floors), clipping to the codes' range; a
   power-of-two rescale (fixed-point and pow2-scaled layers) is a `Trunc`. Onto non-uniform levels
-  (ESB, Liss, PoT activations): `MultiThreshold` with the exported integer thresholds of the
-  run's rounding mode, then a `Gather` of the level table (codes -> integer levels).
+  (ESB, Liss, PoT activations): `MultiThreshold` with the integer thresholds that the node's
+  `m`, `shift`, `offset` and level table imply for the run's rounding mode
+  (`rescale.level_thresholds`), then a `Gather` of the level table (codes -> integer levels).
 - Residual add: the shortcut times `m·2^-shift`, rounded (`Round` / `Floor`), added.
 - qonnx's executor computes `Quant` in float32 (exact below 2^24), so ranges wider than that (the
   32-bit accumulator, the 32-bit logits) are an ONNX `Clip` of float64 integers instead.
@@ -44,8 +46,10 @@ import numpy as np
 
 from quantjax.export.graph import Graph
 from quantjax.export.onnx import OPSET, OnnxGraph, channel_shape
+from quantjax.export.rescale import level_thresholds
 from quantjax.intsim.accelerator import Accelerator
 from quantjax.intsim.emulator import decode_weight, mac_bound, value_ranges
+from quantjax.quantizers.codes import layout_of
 
 DOMAIN = "qonnx.custom_op.general"
 QONNX_OPSET = 2  # Trunc v2: the output scale is explicit
@@ -79,17 +83,10 @@ def int_type(lo: int, hi: int) -> tuple[int, bool, bool]:
 
 
 def level_tables(graph: Graph) -> dict[str, np.ndarray]:
-  """requant node output -> the level table its consumers decode its codes with ('threshold')."""
-  producer = {n["out"]: n for n in graph.nodes}
-  tables = {}
-  for n in graph.nodes:
-    decode = n.get("decode") or {}
-    if "table" in decode:
-      src = producer[n["in"]]
-      while src["op"] != "requant":  # codes pass through max-pools and flattens
-        src = producer[src["in"]]
-      tables[src["out"]] = graph.tensors[decode["table"]]
-  return tables
+  """Threshold requant output -> its level table, where a consumer decodes its codes."""
+  decoded = {(n.get("decode") or {}).get("table") for n in graph.nodes}
+  return {n["out"]: graph.tensors[f"{n['out']}.table"] for n in graph.nodes
+          if n["op"] == "requant" and n["kind"] == "threshold" and f"{n['out']}.table" in decoded}
 
 
 def value_bounds(graph: Graph, acc_bits: int = 32) -> dict[str, int]:
@@ -203,8 +200,10 @@ def to_qonnx(graph: Graph, *, batch_size: int = 1, accel: Accelerator | None = N
                           f"{out}_w", domain=DOMAIN, doc_string=doc), tp.FLOAT)
       else:
         lo, hi = int(w.min()), int(w.max())
-        bits = max(int(n["weight"]["multiplier_bits"]) if family in ("uniform", "fixed_point")
-                   else 1, _width(lo, hi))
+        # Plain codes keep their stored width; other layouts (tables, sign/exponent fields) are
+        # written as the integers they decode to, at those integers' width.
+        plain = layout_of(n["weight"]["fields"]) == "codes"
+        bits = max(int(n["weight"]["multiplier_bits"]) if plain else 1, _width(lo, hi))
         wq = quant(f"{out}_w_int", f"{out}_w", -(2 ** (bits - 1)), 2 ** (bits - 1) - 1,
                    double=False, doc=doc)
       if op == "conv":
@@ -365,7 +364,9 @@ def _requant(g: OnnxGraph, graph: Graph, n: dict[str, Any], r: int, in_bound: in
   t, out, x = graph.tensors, n["out"], n["in"]
   sign = t[f"{out}.sign"]
   if n["kind"] == "threshold":
-    th = t[f"{out}.thresholds.{rounding}"].astype(np.float64)  # [C, J]
+    th = level_thresholds(t[f"{out}.m"], t[f"{out}.shift"], t[f"{out}.offset"],
+                          t[f"{out}.table"], rounding)  # [C, J], this rounding mode's
+    th = np.clip(th, -(2**52), 2**52).astype(np.float64)  # exact; no input reaches 2^52
     if np.any(sign < 0):
       x = g.op("Mul", [x, per_channel(f"{out}_sign", sign, r)], f"{out}_signed")
     levels = n["num_levels"]

@@ -1,16 +1,17 @@
-"""Export-time arithmetic of requantization: dyadic multipliers and integer thresholds.
+"""Export-time arithmetic of requantization: dyadic multipliers and the thresholds they imply.
 
 A real rescale `y = r·μ + β` (r the integer input, μ > 0 and β per channel) becomes
 `(r·m + o) >> shift` with `m` a `mult_bits`-bit integer, `μ ≈ m·2^-shift` and
 `o = round(β·2^shift)`;
 the rounding of the shift (half-up, half-even, floor) is the accelerator's, chosen per run.
 
-Requantizing onto non-uniform levels (ESB, Liss, log activations) has no multiplier form: the
-code is the number of integer thresholds `r` reaches, `T_j` the smallest integer whose real value
-`r·μ + β` lies past the decision boundary between levels j and j+1 (the midpoint for the
-round-to-nearest modes, the upper level itself for 'floor'). Ties (a boundary exactly on an
-integer) go up for half-up and to the even level index for half-even; the three threshold sets are
-computed here in float64 and stored, one per rounding mode.
+Requantizing onto non-uniform levels (ESB, Liss, log activations) uses the same `(m, shift, o)`:
+`v = r·m + o` is the value `v·2^-shift` in units of the target's integer levels, and the code is
+the number of decision boundaries it passes (the midpoints between levels for the round-to-nearest
+modes, the upper level itself for 'floor'; a tie goes up for half-up and to the even level index
+for half-even). The graph stores `(m, shift, o)` and the level table once; `level_thresholds`
+turns them into the integer thresholds on `r` of one rounding mode (exact integer arithmetic),
+which the emulator and the ONNX writer compare against.
 """
 
 from __future__ import annotations
@@ -53,42 +54,48 @@ def dyadic(mu: np.ndarray, beta: np.ndarray, mult_bits: int = 31
   return m, shift, o
 
 
-def thresholds(levels: np.ndarray, mu: np.ndarray, beta: np.ndarray
-               ) -> dict[str, np.ndarray]:
-  """Integer thresholds [C, J] per rounding mode for requantizing `r` onto ascending `levels`.
+THRESHOLD_LIMIT = 2**62  # stands for "every r" (-) or "no r" (+): beyond any int64 input
+
+
+def level_thresholds(m, shift, offset, levels, rounding: str) -> np.ndarray:
+  """Integer thresholds [C, J] on `r` of a threshold requantization under `rounding`.
+
+  The code is `#{j : r >= T[c, j]}`: `T[c, j]` is the smallest integer `r` whose value
+  `v = r·m[c] + offset[c]` passes boundary j, computed exactly in Python integers:
+
+  - 'half_up' / 'half_even': `2·v >= (levels[j] + levels[j+1])·2^shift[c]` (the midpoint); at
+    equality (a tie) half-up passes, half-even passes only when `j + 1` is even;
+  - 'floor': `v >= levels[j+1]·2^shift[c]`.
 
   Args:
-    levels: [J+1] ascending distinct real levels (in the target's scale: level = scale·value).
-    mu: [C] positive real multiplier of the input integer `r` (real value r·μ + β).
-    beta: [C] real offset.
+    m: [C] non-negative multipliers.
+    shift: [C] right shifts.
+    offset: [C] offsets added before the shift.
+    levels: [J+1] ascending distinct integer levels of the target.
+    rounding: 'half_even', 'half_up' or 'floor'.
 
   Returns:
-    {mode: int64 [C, J]}: the code is the number of thresholds T_j with r >= T_j. Thresholds are
-    clamped to ±2^40 (far outside any accumulator).
+    int64 [C, J], clamped to ±THRESHOLD_LIMIT (with `m = 0` every r passes a boundary or none
+    does).
   """
-  levels = np.asarray(levels, np.float64)
-  mu = np.asarray(mu, np.float64).reshape(-1, 1)
-  beta = np.broadcast_to(np.asarray(beta, np.float64).reshape(-1, 1), mu.shape)
-  mid = 0.5 * (levels[1:] + levels[:-1])[None, :]  # [1, J]
-  out = {}
-  with np.errstate(divide="ignore", invalid="ignore"):
-    t_mid = (mid - beta) / mu  # real r on the boundary
-    t_floor = (levels[None, 1:] - beta) / mu
-  limit = 2.0**40
-  t_mid = np.clip(np.nan_to_num(t_mid, nan=limit, posinf=limit, neginf=-limit), -limit, limit)
-  t_floor = np.clip(np.nan_to_num(t_floor, nan=limit, posinf=limit, neginf=-limit), -limit, limit)
-  up = np.ceil(t_mid)
-  exact = up == t_mid
-  j = np.arange(t_mid.shape[1])[None, :]
-  # Half-even: a tie between levels j and j+1 goes to the even index; j+1 odd -> stay at j.
-  even = np.where(exact & ((j + 1) % 2 == 1), up + 1, up)
-  out["half_up"] = up.astype(np.int64)
-  out["half_even"] = even.astype(np.int64)
-  out["floor"] = np.ceil(t_floor).astype(np.int64)
-  # mu == 0: the value is β for every r; every threshold is below or above all r.
-  zero = (mu[:, 0] == 0)
-  if np.any(zero):
-    for mode, boundary in (("half_up", mid), ("half_even", mid), ("floor", levels[None, 1:])):
-      passed = beta[zero] >= boundary if mode != "half_even" else beta[zero] > boundary
-      out[mode][zero] = np.where(passed, -limit, limit).astype(np.int64)
+  if rounding not in ROUNDING:
+    raise ValueError(f"rounding={rounding!r} is not valid; choose one of {', '.join(ROUNDING)}")
+  levels = [int(v) for v in np.asarray(levels).reshape(-1)]
+  m, shift, offset = (np.asarray(a).reshape(-1) for a in (m, shift, offset))
+  out = np.empty((m.size, len(levels) - 1), np.int64)
+  for c, (mc, sc, oc) in enumerate(zip(m.tolist(), shift.tolist(), offset.tolist(), strict=True)):
+    for j in range(len(levels) - 1):
+      if rounding == "floor":
+        num, den = (levels[j + 1] << sc) - oc, mc  # r·den >= num
+      else:
+        num, den = ((levels[j] + levels[j + 1]) << sc) - 2 * oc, 2 * mc
+      tie_passes = rounding != "half_even" or (j + 1) % 2 == 0
+      if den == 0:
+        passes = num < 0 or (num == 0 and tie_passes)
+        t = -THRESHOLD_LIMIT if passes else THRESHOLD_LIMIT
+      else:
+        t = -(-num // den)  # ceil(num / den)
+        if t * den == num and not tie_passes:
+          t += 1
+      out[c, j] = min(max(t, -THRESHOLD_LIMIT), THRESHOLD_LIMIT)
   return out

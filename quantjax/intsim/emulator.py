@@ -5,8 +5,10 @@ a conv/dense layer is exact: the operands are the decoded integer values (int8 w
 else int16/int32) with `preferred_element_type=int32`, an int64 path where the bound
 `K·max|a|·max|w|` reaches 2^31, or float32 where that bound is below 2^24 (`Accelerator.mac`).
 The accumulator model (width, saturate or wrap, overflow count) and the requantization (int64
-`r·m + o`, right shift with the run's rounding mode, or integer thresholds) follow; requantization
-runs in int64 (jax x64 is enabled inside the emulator only).
+`r·m + o`, right shift with the run's rounding mode, or, onto non-uniform levels, the integer
+thresholds on `r` that `m`, `shift`, `o` and the level table imply for that rounding mode,
+computed once per graph) follow; requantization runs in int64 (jax x64 is enabled inside the
+emulator only).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from quantjax.export.graph import Graph
+from quantjax.export.rescale import level_thresholds
 from quantjax.intsim.accelerator import Accelerator
 from quantjax.quantizers.codes import WeightCodes
 
@@ -122,11 +125,14 @@ class Emulator:
           else:
             consts[f"{out}.w"] = jnp.asarray(w, jnp.int64)
       for name, arr in graph.tensors.items():
-        if ".w." in name:
-          continue
-        if ".thresholds." in name and not name.endswith(self.accel.rounding):
-          continue
-        consts[name] = jnp.asarray(arr, jnp.int64)
+        if ".w." not in name:
+          consts[name] = jnp.asarray(arr, jnp.int64)
+      for n in graph.nodes:  # a threshold requant: its boundaries as thresholds on r, this rounding
+        if n["op"] == "requant" and n["kind"] == "threshold":
+          t, out = graph.tensors, n["out"]
+          consts[f"{out}.thresholds"] = jnp.asarray(level_thresholds(
+              t[f"{out}.m"], t[f"{out}.shift"], t[f"{out}.offset"], t[f"{out}.table"],
+              self.accel.rounding), jnp.int64)
     self.consts = consts
     self._run = jax.jit(functools.partial(_run, graph=_Static(graph), plan=_Static(self.plan),
                                           accel=self.accel))
@@ -259,7 +265,7 @@ def _run(consts, images, *, graph, plan, accel: Accelerator):
         q = _round_shift(r * c("m") + c("offset"), c("shift"), accel.rounding)
         env[out] = jnp.clip(q + n["zero_point"], n["qmin"], n["qmax"]).astype(jnp.int32)
       else:
-        th = c(f"thresholds.{accel.rounding}")  # [C, J]
+        th = c("thresholds")  # [C, J], of accel.rounding
         env[out] = jnp.sum(r[..., None] >= th, axis=-1).astype(jnp.int32)
     elif op == "add":
       b = _round_shift(env[n["b"]].astype(jnp.int64) * c("m"), c("shift"), accel.rounding)

@@ -23,8 +23,8 @@ A new quantizer picks one of these layouts; a new layout is a new on-disk format
 the NumPy reference of the tests and the format version all follow it), so it is added here.
 
 An activation quantizer's codes (`ActCodes`) are 'uniform' (`value = code - zero_point`, reached by
-a dyadic requantization) or a 'table' of ascending distinct integers (reached by comparing with
-integer thresholds).
+a dyadic requantization) or a 'table' of ascending distinct integers (reached by rounding the
+same dyadic rescale to the nearest of them: `quantjax.export.rescale.level_thresholds`).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class WeightCodes:
   """A layer's kernel as integers: `kernel ≈ scale[c] · values[..., c]` (c = output channel).
 
   `family`, `multiplier`, `multiplier_bits`, `stored_bits`, the field names and `meta` are written
-  to the graph's node as they are (format version 1); `fields` become its tensors.
+  to the graph's node as they are (docs/FORMAT.md); `fields` become its tensors.
   """
 
   family: str  # the quantizer's registry name (a label for reports; nothing dispatches on it)

@@ -1,6 +1,8 @@
 """The packed on-disk format: exact packing, round trip, and one-line errors on bad files."""
 
+import dataclasses
 import json
+import math
 import os
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 from quantjax.export import export_run
 from quantjax.export import format as format_lib
 from quantjax.export.codes import esb_decode, esb_encode
-from quantjax.export.rescale import dyadic, thresholds
+from quantjax.export.rescale import THRESHOLD_LIMIT, dyadic, level_thresholds
 
 
 def test_pack_hand_worked():
@@ -32,11 +34,22 @@ def test_esb_fields_and_rescale_hand_worked():
   np.testing.assert_array_equal(esb_decode(f, m, 1), v)
   mult, shift, o = dyadic(np.array([0.75]), np.array([0.5]), mult_bits=8)
   assert (int(mult[0]), int(shift[0]), int(o[0])) == (192, 8, 128)
-  # Levels {0, 1, 2} at multiplier 0.5: boundaries at real 0.5 and 1.5 -> r = 1 and 3.
-  th = thresholds(np.array([0.0, 1.0, 2.0]), np.array([0.5]), np.array([0.0]))
+  # Levels {0, 1, 2} at multiplier 0.5 (m = 128, shift 8): boundaries at real 0.5 and 1.5 -> r = 1
+  # and 3.
+  mult, shift, o = dyadic(np.array([0.5]), np.array([0.0]), mult_bits=8)
+  assert (int(mult[0]), int(shift[0]), int(o[0])) == (128, 8, 0)
+  th = {mode: level_thresholds(mult, shift, o, [0, 1, 2], mode)
+        for mode in ("half_up", "half_even", "floor")}
   np.testing.assert_array_equal(th["half_up"], [[1, 3]])
   np.testing.assert_array_equal(th["half_even"], [[2, 3]])  # r=1 -> 0.5: tie goes to level 0
   np.testing.assert_array_equal(th["floor"], [[2, 4]])
+  # An offset of 1/4 (o = 64) moves every boundary by -1/2 in r; a negative level table, and
+  # m = 0 (the value is o·2^-shift for every r: each boundary is passed by every r or by none).
+  th = level_thresholds(mult, shift, np.array([64]), [-2, 0, 1, 2], "half_even")
+  np.testing.assert_array_equal(th, [[-2, 1, 3]])  # boundaries at r = -2.5, 0.5, 2.5
+  th = level_thresholds([0, 0], [8, 8], [64, -192], [-1, 0, 1], "half_up")  # 1/4, -3/4
+  np.testing.assert_array_equal(th, [[-THRESHOLD_LIMIT, THRESHOLD_LIMIT],
+                                     [THRESHOLD_LIMIT, THRESHOLD_LIMIT]])
 
 
 def test_round_trip_and_validation(quantized_run, tmp_path):
@@ -148,3 +161,46 @@ def test_load_rejects_trailing_bytes(quantized_run, tmp_path):
   with pytest.raises(ValueError, match=f"has 3 trailing bytes after the last tensor \\(which ends "
                      f"at byte {size}\\)"):
     format_lib.load(path)
+
+
+def test_each_tensor_is_stored_once(quantized_run, tmp_path):
+  """Version 2: a threshold requant stores m, shift, offset and its levels, not thresholds per
+  rounding mode; its consumers decode with that one table; a version-1 export is refused."""
+  exp, variables, _, _ = quantized_run("lenet5", "esb")
+  graph = export_run(exp, variables)
+  path = str(tmp_path / "g")
+  format_lib.save(graph, path)
+  threshold = [n for n in graph.nodes if n["op"] == "requant" and n["kind"] == "threshold"]
+  assert threshold and not any(".thresholds" in name for name in graph.tensors)
+  tables = {f"{n['out']}.table" for n in threshold}
+  assert {name for name in graph.tensors if name.endswith(".table")} == tables
+  decoded = {n["decode"]["table"] for n in graph.nodes if "table" in (n.get("decode") or {})}
+  assert decoded == tables  # every table is read, through the name its requant gave it
+  for n in threshold:
+    channels = graph.tensors[f"{n['out']}.m"].size
+    stored = sum(math.ceil(graph.tensors[name].size * graph.tensor_bits[name][0] / 8)
+                 for name in graph.tensors if name.startswith(n["out"] + "."))
+    # sign, m, shift, offset per channel and one table: version 1 spent 3·42·C·J bits instead.
+    assert stored <= channels * (2 + 32 + 7 + 64) / 8 + 4 + n["num_levels"] * 8
+    assert 3 * 42 * channels * (n["num_levels"] - 1) / 8 > 10 * stored
+  with open(os.path.join(path, "graph.json")) as f:
+    doc = json.load(f)
+  doc["version"] = 1
+  _write_json(path, doc)
+  with pytest.raises(ValueError, match=r"format version 1 is not supported; this quantjax reads "
+                     r"version 2 \(re-export the model with it"):
+    format_lib.load(path)
+
+
+def test_load_rejects_a_negative_multiplier_and_unordered_levels(quantized_run, tmp_path):
+  exp, variables, _, _ = quantized_run("lenet5", "esb")
+  graph = export_run(exp, variables)
+  out = next(n["out"] for n in graph.nodes if n["op"] == "requant" and n["kind"] == "threshold")
+  for name, edit, message in [
+      (f"{out}.m", lambda a: a * np.where(np.arange(a.size) == 0, -1, 1), "negative multiplier"),
+      (f"{out}.table", lambda a: a[::-1], "not strictly ascending")]:
+    bad = dataclasses.replace(graph, tensors={**graph.tensors, name: edit(graph.tensors[name])})
+    path = str(tmp_path / name)
+    format_lib.save(bad, path)
+    with pytest.raises(ValueError, match=message):
+      format_lib.load(path)

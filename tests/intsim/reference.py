@@ -92,6 +92,44 @@ def _shift_round(t, shift, rounding):
   return q + (above | (tie & (q % 2 == 1)))
 
 
+def _nearest_level(v, shift, levels, rounding):
+  """Index of the level `v·2^-shift` rounds to (its last axis is the channel's), exactly.
+
+  Boundaries are Python integers (no overflow), compared with `v` directly: the midpoint of
+  levels j, j+1 is passed when `2v >= (L_j + L_j+1)·2^shift`, a tie going up for half_up and to
+  the even index for half_even; floor passes level j+1 when `v >= L_j+1·2^shift`.
+  """
+  levels = [int(x) for x in levels]
+  code = np.zeros(v.shape, np.int64)
+  for c, s in enumerate(int(x) for x in np.broadcast_to(shift, v.shape[-1:])):
+    vc = v[..., c]
+    for j in range(len(levels) - 1):
+      if rounding == "floor":
+        passed = _at_least(vc, levels[j + 1] << s)
+      else:
+        twice = (levels[j] + levels[j + 1]) << s  # 2v against this
+        above = _at_least(vc, twice // 2 + 1)  # 2v > twice
+        tie = np.zeros(vc.shape, bool) if twice % 2 else _equal(vc, twice // 2)
+        passed = above | (tie & (rounding == "half_up" or (j + 1) % 2 == 0))
+      code[..., c] += passed
+  return code
+
+
+def _at_least(v, bound: int):
+  """v >= bound for int64 v and a Python integer bound of any size."""
+  if bound > np.iinfo(np.int64).max:
+    return np.zeros(v.shape, bool)
+  if bound < np.iinfo(np.int64).min:
+    return np.ones(v.shape, bool)
+  return v >= bound
+
+
+def _equal(v, value: int):
+  if not np.iinfo(np.int64).min <= value <= np.iinfo(np.int64).max:
+    return np.zeros(v.shape, bool)
+  return v == value
+
+
 def run(graph, images, *, acc_bits=32, overflow="saturate", rounding="half_even"):
   """(output integers, {layer or add: overflow count}, {layer: max |sum|}) for uint8 `images`."""
   t = graph.tensors
@@ -137,8 +175,8 @@ def run(graph, images, *, acc_bits=32, overflow="saturate", rounding="half_even"
         q = _shift_round(r * t[f"{out}.m"] + t[f"{out}.offset"], t[f"{out}.shift"], rounding)
         env[out] = np.clip(q + n["zero_point"], n["qmin"], n["qmax"])
       else:
-        th = t[f"{out}.thresholds.{rounding}"]
-        env[out] = (r[..., None] >= th).sum(axis=-1)
+        env[out] = _nearest_level(r * t[f"{out}.m"] + t[f"{out}.offset"], t[f"{out}.shift"],
+                                  t[f"{out}.table"], rounding)
     elif op == "add":
       b = _shift_round(env[n["b"]] * t[f"{out}.m"], t[f"{out}.shift"], rounding)
       env[out], overflows[out] = _accumulator(env[n["a"]] + b, acc_bits, overflow)

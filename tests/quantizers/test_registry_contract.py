@@ -335,11 +335,9 @@ def test_a_quantizer_from_outside_the_package_needs_only_its_class(with_act_code
 
 # -- no code outside quantizers/ knows a quantizer ----------------------------------------------
 
-# Known offenders outside this files, each with its reason; remove an entry once fixed.
-ALLOWED = {
-  "quantjax/export/qonnx.py": "reads the weight family to pick a QONNX bit width (ONNX owner)",
-  "quantjax/export/qdq.py": "reads the weight family to choose a QDQ form (ONNX owner)",
-}
+# Known offenders, each with its reason; remove an entry once fixed. (None left: the ONNX writers
+# ask the stored layout, `codes.layout_of`, instead of the weight family.)
+ALLOWED: dict[str, str] = {}
 
 
 # An ActCodes kind ('uniform' or 'table') is the contract's vocabulary, not a quantizer name.

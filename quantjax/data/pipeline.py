@@ -6,10 +6,11 @@ import dataclasses
 import operator
 from collections.abc import Iterator
 
+import jax
 import numpy as np
 
 from quantjax.data import augment as augment_lib
-from quantjax.data import device, source, stats
+from quantjax.data import device, placement, source, stats
 
 Batch = dict[str, np.ndarray]
 PIPELINES = ("host", "device", "auto")
@@ -39,7 +40,7 @@ class Dataset:
 
   def __init__(self, splits: source.Splits):
     self._readers = splits.readers
-    self._on_device: dict[str, device.DeviceSplit] = {}
+    self._on_device: dict[tuple, device.DeviceSplit] = {}
     mean, std = stats.channel_stats(splits.name, splits.readers["train"])
     self._normalise = stats.Normaliser(mean, std)
     self.spec = DatasetSpec(
@@ -70,8 +71,8 @@ class Dataset:
     return self._normalise(images)
 
   def train_batches(self, *, batch_size: int, seed: int, split: str = "train",
-                    start_step: int = 0, augment: str = "none",
-                    pipeline: str = "host") -> Iterator[Batch]:
+                    start_step: int = 0, augment: str = "none", pipeline: str = "host",
+                    sharding: jax.sharding.NamedSharding | None = None) -> Iterator[Batch]:
     """Endless shuffled, augmented batches; step s's batch is a pure function of (seed, s).
 
     With pipeline='host', epoch e visits `split` in the order of
@@ -82,6 +83,12 @@ class Dataset:
     kept on the device and batches are made there by jitted programs, with JAX's random streams
     (`quantjax.data.device`); 'auto' is 'device' for a split held in memory, else 'host'.
 
+    With `sharding` (the training batch's, over a mesh that may span several processes) the
+    batches are global jax.Arrays laid out by it, and the same for any number of processes: the
+    host pipeline reads and augments only this process's rows of each batch
+    (`placement.process_rows`), drawing the augmentation for the whole batch so that every row
+    gets its one-process values; the device pipeline makes each device's rows on that device.
+
     Args:
       batch_size: examples per batch.
       seed: non-negative shuffling and augmentation seed.
@@ -90,10 +97,12 @@ class Dataset:
       augment: 'none', 'shift' (digits), 'shift_flip' (clothes) or 'crop_flip' (CIFAR-style);
         see `augment.apply`.
       pipeline: 'host' (NumPy, in the caller's thread), 'device' or 'auto'.
+      sharding: the layout of the global batch; None = the whole batch in this process.
 
     Returns:
-      An iterator of dict(image=float32 [B, H, W, C] normalised, label=int32 [B]): NumPy arrays
-      from the host pipeline, jax.Arrays on the default device from the device one.
+      An iterator of dict(image=float32 [B, H, W, C] normalised, label=int32 [B]): global
+      jax.Arrays laid out by `sharding` when it is given; else NumPy arrays from the host
+      pipeline and jax.Arrays on the default device from the device one.
 
     Raises:
       ValueError: at once (not on the first `next`) for a bad split, augmentation, seed,
@@ -109,9 +118,14 @@ class Dataset:
     if seed < 0 or start_step < 0:
       raise ValueError(f"seed={seed} and start_step={start_step} must not be negative")
     if self.pipeline_for(split, pipeline) == "device":
-      return self._device_split(split).batches(batch_size=batch_size, seed=seed,
-                                               start_step=start_step, augment_name=augment)
-    return self._train_batches(reader, batch_size, seed, start_step, augment)
+      return self._device_split(split, sharding).batches(
+          batch_size=batch_size, seed=seed, start_step=start_step, augment_name=augment)
+    if sharding is None:
+      return self._train_batches(reader, batch_size, seed, start_step, augment,
+                                 slice(0, batch_size))
+    rows = placement.process_rows(sharding, batch_size)
+    return (placement.assemble(b, sharding, batch_size)
+            for b in self._train_batches(reader, batch_size, seed, start_step, augment, rows))
 
   def pipeline_for(self, split: str, pipeline: str = "auto") -> str:
     """'host' or 'device': which pipeline `train_batches(pipeline=...)` uses for `split`."""
@@ -122,15 +136,18 @@ class Dataset:
       return "device" if self._reader(split).in_memory else "host"
     return pipeline
 
-  def _device_split(self, split: str) -> device.DeviceSplit:
-    if split not in self._on_device:
+  def _device_split(self, split: str,
+                    sharding: jax.sharding.NamedSharding | None) -> device.DeviceSplit:
+    key = (split, None if sharding is None else sharding.mesh)
+    if key not in self._on_device:
       images, labels = self.raw(split)
-      self._on_device[split] = device.DeviceSplit(images, labels, self._normalise.scale,
-                                                  self._normalise.offset)
-    return self._on_device[split]
+      self._on_device[key] = device.DeviceSplit(images, labels, self._normalise.scale,
+                                                self._normalise.offset, sharding)
+    return self._on_device[key]
 
   def _train_batches(self, reader: source.SplitReader, batch_size: int, seed: int,
-                     start_step: int, augment: str) -> Iterator[Batch]:
+                     start_step: int, augment: str, rows: slice) -> Iterator[Batch]:
+    """Rows `rows` of each global batch (all of them: `slice(0, batch_size)`)."""
     steps_per_epoch = len(reader) // batch_size
     epoch, first = divmod(start_step, steps_per_epoch)
     while True:
@@ -139,19 +156,26 @@ class Dataset:
         # Sorted, so records are read in file order; a batch is a set to the loss (and to batch
         # statistics), so the order within it does not matter.
         positions = np.sort(order[i * batch_size:(i + 1) * batch_size])
-        images, labels = reader.read(positions)
+        images, labels = reader.read(positions[rows])
         # The trailing 1 keeps this stream apart from the permutation's [seed, e], which
         # SeedSequence would otherwise zero-pad into the same state as [seed, e, 0, 0].
-        images = augment_lib.apply(images, augment, np.random.default_rng([seed, epoch, i, 1]))
+        draws = augment_lib.draw(augment, batch_size, np.random.default_rng([seed, epoch, i, 1]))
+        if draws is not None:
+          draws = draws.rows(rows)
+        images = augment_lib.apply_drawn(images, augment, draws)
         yield {"image": self._normalise(images), "label": labels}
       epoch, first = epoch + 1, 0
 
-  def eval_batches(self, split: str, *, batch_size: int) -> Iterator[Batch]:
+  def eval_batches(self, split: str, *, batch_size: int,
+                   sharding: jax.sharding.NamedSharding | None = None) -> Iterator[Batch]:
     """One pass over `split` in order: every example exactly once.
 
     Args:
       split: 'train', 'validation' or 'test'.
       batch_size: examples per batch; the last batch is padded up to it.
+      sharding: the layout of the global batch: then global jax.Arrays, of which this process
+        reads only its rows (`placement.process_rows`), so the processes share the split and a
+        masked sum over the global batch counts every example once. None = NumPy batches, whole.
 
     Returns:
       An iterator of dict(image=float32 [B, H, W, C], label=int32 [B], mask=float32 [B]); mask
@@ -161,17 +185,26 @@ class Dataset:
       ValueError: at once for a bad split or batch size.
     """
     reader = self._reader(split)
-    return self._eval_batches(reader, _positive(batch_size, "batch_size"))
+    batch_size = _positive(batch_size, "batch_size")
+    if sharding is None:
+      return self._eval_batches(reader, batch_size, slice(0, batch_size))
+    rows = placement.process_rows(sharding, batch_size)
+    return (placement.assemble(b, sharding, batch_size)
+            for b in self._eval_batches(reader, batch_size, rows))
 
-  def _eval_batches(self, reader: source.SplitReader, batch_size: int) -> Iterator[Batch]:
+  def _eval_batches(self, reader: source.SplitReader, batch_size: int,
+                    rows: slice) -> Iterator[Batch]:
+    """Rows `rows` of each padded global batch."""
     n = len(reader)
     for start in range(0, n, batch_size):
-      images, labels = reader.read(np.arange(start, min(start + batch_size, n)))
-      real = len(labels)
-      mask = np.zeros(batch_size, np.float32)
+      # Examples start + rows.start ... of the split; the rows past its end are padding.
+      first, stop = min(start + rows.start, n), min(start + rows.stop, n)
+      images, labels = reader.read(np.arange(first, stop))
+      size, real = rows.stop - rows.start, stop - first
+      mask = np.zeros(size, np.float32)
       mask[:real] = 1.0
-      if real < batch_size:
-        pad = batch_size - real
+      if real < size:
+        pad = size - real
         images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
         labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
       yield {"image": self._normalise(images), "label": labels, "mask": mask}

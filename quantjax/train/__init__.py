@@ -1,4 +1,4 @@
-"""Training: TrainState, optimizer, jitted steps, checkpoints, the loop and evaluation."""
+"""Training: TrainState, optimizer, jitted steps, checkpoints, the loop, evaluation, processes."""
 
 from quantjax.train.evaluate import evaluate_workdir
 from quantjax.train.loop import NaNLossError, train_and_evaluate

@@ -35,10 +35,16 @@ def state_tree(state) -> dict[str, Any]:
 
 
 def save_tree(mngr: ocp.CheckpointManager, wd: Workdir, step: int, tree: dict[str, Any]) -> None:
-  """Saves `tree` as `step`, waits for Orbax, then writes the step's manifest."""
+  """Saves `tree` as `step`, waits for Orbax, then writes the step's manifest.
+
+  With several processes every one calls this: Orbax writes each array's bytes once, shared out
+  among the processes that hold copies, and its primary process finishes the step after all
+  have written, so the workdir's writer (process 0, Orbax's primary) hashes a complete step.
+  """
   mngr.save(step, args=ocp.args.StandardSave(tree), force=True)
   mngr.wait_until_finished()
-  wd.finish_checkpoint(step)
+  if wd.writer:
+    wd.finish_checkpoint(step)
 
 
 def save(mngr: ocp.CheckpointManager, wd: Workdir, state) -> int:
@@ -61,15 +67,21 @@ def restore_into(mngr: ocp.CheckpointManager, state, step: int):
 def restore_variables(workdir: str, step: int | None = None) -> tuple[dict[str, Any], int]:
   """Raw `{'params', 'batch_stats', 'quant_state'}` of a workdir's checkpoint, and its step.
 
-  `step=None` reads the newest intact step (a damaged newer one is reported and skipped).
+  `step=None` reads the newest intact step (a damaged newer one is reported and skipped). The
+  arrays are NumPy, read the same whichever devices and processes saved them.
   """
   wd = Workdir(workdir)
   step = wd.intact_step(step)
   if step is None:
     raise ValueError(f"no checkpoints in {workdir!r} (expected {wd.checkpoints_dir})")
-  mngr = ocp.CheckpointManager(wd.checkpoints_dir)
+  mngr = ocp.CheckpointManager(wd.checkpoints_dir, item_handlers=ocp.StandardCheckpointHandler())
   try:
-    tree = mngr.restore(step, args=ocp.args.StandardRestore())
+    # Into host arrays shaped by the step's metadata: Orbax refuses a restore without a target
+    # on another topology than the one that saved it (a run on several processes, read by one).
+    metadata = mngr.item_metadata(step)
+    target = jax.tree_util.tree_map(lambda m: np.zeros(m.shape, m.dtype),
+                                    getattr(metadata, "tree", metadata))
+    tree = mngr.restore(step, args=ocp.args.StandardRestore(target))
   except Exception as e:  # noqa: BLE001
     raise ValueError(f"checkpoint {wd.step_dir(step)} cannot be restored: "
                      f"{_first_line(e)}") from None

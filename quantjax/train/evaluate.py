@@ -31,14 +31,19 @@ def _jitted_eval_step(model, plan, num_classes, mesh):
 
 def evaluate_variables(exp: experiment.Experiment, variables: dict[str, Any], split: str,
                        batch_size: int, mesh, plan: QuantPlan | None = None) -> dict[str, float]:
-  """Accuracy and mean loss of `variables` on every example of `split` (padded batches masked)."""
+  """Accuracy and mean loss of `variables` on every example of `split` (padded batches masked).
+
+  With several processes every one calls this and gets the same result: they share the split
+  (each reads its rows of each batch) and the sums are taken over the global batch.
+  """
   plan = exp.plan if plan is None else plan
   eval_step = _jitted_eval_step(exp.model, plan, exp.num_classes, mesh)
-  put = functools.partial(jax.device_put, device=sharding.batch_sharding(mesh))
   totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
-  variables = jax.device_put(variables, sharding.replicated(mesh))
+  variables = sharding.replicate(variables, mesh)
   num_batches = -(-exp.dataset.num_examples(split) // batch_size)
-  batches = data.prefetch(exp.dataset.eval_batches(split, batch_size=batch_size), put=put)
+  # Each process reads its rows of each batch; the masked sums are over the global batch.
+  batches = data.prefetch(exp.dataset.eval_batches(
+      split, batch_size=batch_size, sharding=sharding.batch_sharding(mesh)))
   with progress_bar.bar(total=num_batches, desc=f"eval {split}", unit="batch", leave=False,
                         enabled=jax.process_index() == 0) as batches_bar:
     for batch in batches:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import threading
 import time
 from typing import Any
@@ -21,6 +22,8 @@ from quantjax.intercept import QUANT_STATE, quantized_apply, quantized_init
 from quantjax.reports import progress as progress_bar
 from quantjax.train import (
   checkpoint,
+  dispatch,
+  distributed,
   evaluate,
   experiment,
   optimizer,
@@ -31,7 +34,7 @@ from quantjax.train import (
 )
 from quantjax.train.metrics import MetricWriter, Progress
 from quantjax.train.state import TrainState
-from quantjax.workdir import Workdir
+from quantjax.workdir import Workdir, environment
 
 
 class NaNLossError(RuntimeError):
@@ -103,6 +106,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   of `quantjax.workdir.record` (recorded as amendments), and a finished run is returned as it
   is. SIGTERM or SIGINT saves the current step and raises `Preempted`.
 
+  With several processes (`quantjax.train.distributed`) every process calls this with the same
+  config and workdir; process 0 writes the workdir's files, each process feeds its rows of each
+  batch, and a signal is acted on at the next log or checkpoint step, where the processes agree.
+
   Returns:
     The summary dict (also written to `<workdir>/summary.json`).
 
@@ -111,8 +118,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     NaNLossError: the loss became NaN or infinite (the last good checkpoint is kept).
     Preempted: a signal stopped the run after saving its current step.
   """
-  wd = Workdir(workdir)
-  exp = experiment.build(config)  # every name and value checked before any work
+  lead = distributed.is_lead()  # one process writes the workdir's files (Orbax its arrays)
+  wd = Workdir(workdir, writer=lead)
+  # Every name and value checked before any work; a dataset prepared by one process.
+  exp = distributed.lead_first(lambda: experiment.build(config))
   mesh = sharding.make_mesh(config.get("num_devices", 0))
   sharding.check_batch_size(config.batch_size, mesh)
   sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
@@ -121,10 +130,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     raise ValueError(f"batch_size={config.batch_size} exceeds the "
                      f"{exp.dataset.num_examples('train')} training examples")
   total_steps = int(math.ceil(config.num_epochs * steps_per_epoch))
-  lead = jax.process_index() == 0  # one host writes the workdir's files (orbax coordinates its own)
-  if lead:
-    wd.create()
-  with (wd.lock() if lead else contextlib.nullcontext()), preemption.StopOnSignal() as stop:
+  with contextlib.ExitStack() as held:
+
+    def create_and_lock() -> None:
+      wd.create()
+      held.enter_context(wd.lock())
+
+    # Process 0 creates and locks the workdir; its error (in use, not writable) ends them all.
+    distributed.on_lead(create_and_lock)
+    stop = held.enter_context(preemption.StopOnSignal())
     changes, finished = _resume_check(wd, config, total_steps)
     if finished is not None:
       logging.info("%s holds the finished run (step %d); nothing to do", workdir, total_steps)
@@ -153,11 +167,13 @@ def _train(exp, config, wd: Workdir, mesh, steps_per_epoch: int, total_steps: in
            stop: preemption.StopOnSignal, lead: bool) -> dict[str, Any]:
   batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   ds = exp.dataset
-  restore_step = wd.intact_step(fall_back=True, set_aside=lead)
+  # Process 0 decides (and sets damaged steps aside); the others restore what it chose.
+  restore_step = distributed.from_lead(lambda: wd.intact_step(fall_back=True, set_aside=True))
+  # The whole first batch, in every process: the quantizers' initial ranges come from it.
   first = next(ds.train_batches(batch_size=config.batch_size, seed=config.seed,
                                 augment="none"))
   state = init_state(exp, config, first, steps_per_epoch, resuming=restore_step is not None)
-  state = jax.device_put(state, replicated)
+  state = sharding.replicate(state, mesh)
   mngr = checkpoint.manager(wd, max_to_keep=config.get("keep_checkpoints", 3))
   if restore_step is not None:
     state = checkpoint.restore_into(mngr, state, restore_step)
@@ -169,6 +185,11 @@ def _train(exp, config, wd: Workdir, mesh, steps_per_epoch: int, total_steps: in
       wd.amend(changes, start_step)
       logging.warning("resuming %s with amended %s", wd.path,
                       ", ".join(f"{f}: {o} -> {n}" for f, o, n in changes))
+    moved = wd.record_environment(environment.current(mesh.devices.size), start_step)
+    if moved:
+      logging.warning("resuming %s at step %d with another %s than before: the result will not "
+                      "repeat an uninterrupted run's bit for bit", wd.path, start_step,
+                      ", ".join(f"{f} ({o} -> {n})" for f, o, n in moved))
   if start_step:
     logging.info("resumed from %s at step %d", wd.path, start_step)
 
@@ -188,13 +209,13 @@ def _train(exp, config, wd: Workdir, mesh, steps_per_epoch: int, total_steps: in
                      if exp.plan and lead and config.get("tensorboard", True) else 0)
   progress = Progress(start_step, total_steps)
   schedule = optimizer.learning_rate_schedule(config, steps_per_epoch)
-  put = lambda b: jax.device_put(b, batch_sharding)  # noqa: E731
+  # Global batches: each process reads its rows (host pipeline) or makes them (device pipeline).
   batches = data.prefetch(
       ds.train_batches(batch_size=config.batch_size, seed=config.seed, start_step=start_step,
-                       augment=config.augment,
-                       pipeline=config.get("input_pipeline", "host")),
-      put=put,
-  )
+                       augment=config.augment, pipeline=config.get("input_pipeline", "host"),
+                       sharding=batch_sharding))
+  window = dispatch.StepWindow()  # a few steps in flight, not a queue without bound
+  several = jax.process_count() > 1
   log_every = int(config.log_every_steps)
   ckpt_every = int(config.checkpoint_every_steps)
   eval_every = int(config.get("eval_every_epochs", 0) * steps_per_epoch)
@@ -213,12 +234,16 @@ def _train(exp, config, wd: Workdir, mesh, steps_per_epoch: int, total_steps: in
   try:
     for step in range(start_step + 1, total_steps + 1):
       state, metrics = train_step(state, next(batches))
+      window.admit(metrics)
       pending.append(metrics)
       steps_bar.update(1)
-      stopping = stop.signum is not None
-      boundary = (stopping or step % log_every == 0 or step % ckpt_every == 0
-                  or step == total_steps)
-      if boundary:
+      scheduled = step % log_every == 0 or step % ckpt_every == 0 or step == total_steps
+      if several:  # one process must not stop alone: the others would wait for it forever
+        signum = distributed.agree_on_signal(stop.signum) if scheduled else None
+      else:
+        signum = stop.signum
+      stopping = signum is not None
+      if stopping or scheduled:
         fetched = jax.device_get(pending)  # one transfer for the whole interval
         means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
         if not all(math.isfinite(v) for v in means.values()):
@@ -235,8 +260,8 @@ def _train(exp, config, wd: Workdir, mesh, steps_per_epoch: int, total_steps: in
           checkpoint.save(mngr, wd, state)
         if stopping:
           raise preemption.Preempted(
-              f"stopped by {stop.name} at step {step}: checkpoint saved in "
-              f"{wd.step_dir(step)}; rerun the same command to resume", stop.signum)
+              f"stopped by {_signal_name(signum, stop)} at step {step}: checkpoint saved in "
+              f"{wd.step_dir(step)}; rerun the same command to resume", signum)
       if histogram_every and (step % histogram_every == 0 or step == total_steps):
         _write_histograms(writer, exp.plan, state, step)
       if eval_every and step % eval_every == 0 and step != total_steps:
@@ -245,10 +270,11 @@ def _train(exp, config, wd: Workdir, mesh, steps_per_epoch: int, total_steps: in
         writer.write(step, result, prefix="validation/")
     train_seconds = time.perf_counter() - train_start
     steps_bar.close()
-    if stop.signum is not None:
-      raise preemption.Preempted(f"stopped by {stop.name} after the last step ({step}), before "
-                                 "the final evaluation; rerun the same command to evaluate",
-                                 stop.signum)
+    signum = distributed.agree_on_signal(stop.signum)
+    if signum is not None:
+      raise preemption.Preempted(f"stopped by {_signal_name(signum, stop)} after the last step "
+                                 f"({step}), before the final evaluation; rerun the same command "
+                                 "to evaluate", signum)
     results = {split: evaluate.evaluate_variables(exp, state.variables(), split,
                                                   config.eval_batch_size, mesh)
                for split in ("validation", "test")}
@@ -262,7 +288,8 @@ def _train(exp, config, wd: Workdir, mesh, steps_per_epoch: int, total_steps: in
     _join_prefetch_threads()
     writer.close()
   summary = evaluate.make_summary(exp, results, step=total_steps, variables=state.variables(),
-                                  train_seconds=train_seconds, resumed_from=start_step)
+                                  train_seconds=train_seconds, resumed_from=start_step,
+                                  environments=wd.environments())
   if lead:
     wd.write_summary(summary)
   logging.info("test accuracy %.4f (validation %.4f); summary in %s",
@@ -270,9 +297,19 @@ def _train(exp, config, wd: Workdir, mesh, steps_per_epoch: int, total_steps: in
   return summary
 
 
+def _signal_name(signum: int, stop: preemption.StopOnSignal) -> str:
+  name = signal.Signals(signum).name
+  return name if stop.signum == signum else f"{name} (sent to another process)"
+
+
 def _write_histograms(writer: MetricWriter, plan, state: TrainState, step: int) -> None:
-  """Learned quantizer parameters and kernel level occupancy (see `summaries`)."""
-  values, occupancy = summaries.quantizer_histograms(plan, state.params, state.quant_state)
+  """Learned quantizer parameters and kernel level occupancy (see `summaries`).
+
+  Computed from host copies on this process's default device: only process 0 writes them, and a
+  program over the whole mesh would wait for the other processes.
+  """
+  params, quant_state = jax.device_get((state.params, state.quant_state))
+  values, occupancy = summaries.quantizer_histograms(plan, params, quant_state)
   writer.write_histograms(step, values, {tag: summaries.occupancy_buckets(fractions)
                                          for tag, fractions in occupancy.items()})
 

@@ -1,10 +1,14 @@
-"""Data parallelism over local devices: batch sharded on a 'data' mesh axis, state replicated.
+"""Data parallelism: the batch sharded on a 'data' mesh axis, the state replicated.
 
-The same code runs on one device. For several hosts, call `jax.distributed.initialize()` first
-(see the README); the mesh then spans all devices and each host feeds its slice of the batch.
+The same code runs on one device, several local devices and several processes
+(`jax.distributed`, see `quantjax.train.distributed`): the mesh then spans every process's
+devices, each process feeds only the rows of each batch that its devices hold
+(`quantjax.data.placement`), and the state is replicated on every device.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import numpy as np
@@ -12,11 +16,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:
-  """A 1-D ('data',) mesh over the first `num_devices` devices (0 = all)."""
-  devices = jax.devices()
+  """A 1-D ('data',) mesh over the first `num_devices` devices (0 = all).
+
+  With several processes the mesh must hold every device, so that each process feeds its part.
+  """
+  devices = jax.devices()  # each process's devices together: its rows of a batch are one block
   if num_devices:
     if num_devices > len(devices):
       raise ValueError(f"num_devices={num_devices} but only {len(devices)} devices are available")
+    if jax.process_count() > 1 and num_devices != len(devices):
+      raise ValueError(f"num_devices={num_devices} cannot be used with {jax.process_count()} "
+                       f"processes: each needs its devices in the mesh; use 0 (all "
+                       f"{len(devices)})")
     devices = devices[:num_devices]
   return Mesh(np.asarray(devices), ("data",))
 
@@ -28,6 +39,23 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """`tree` with every leaf a copy on each device of `mesh`, whichever processes hold them.
+
+  A leaf already replicated on the mesh is kept; any other (NumPy, or on one device) must hold
+  the same values in every process, as the state a seeded initialisation computes does.
+  """
+  sharding = replicated(mesh)
+
+  def put(x):
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+      return x
+    value = np.asarray(x)
+    return jax.make_array_from_process_local_data(sharding, value, value.shape)
+
+  return jax.tree_util.tree_map(put, tree)
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:

@@ -2,6 +2,8 @@
 
   <workdir>/config.json              the config the run was made with (its record)
   <workdir>/config_amendments.json   dated changes a resume made to safe fields (see `record`)
+  <workdir>/environment.json         software, devices, processes, cores: one entry per start or
+                                     resume (see `environment`)
   <workdir>/checkpoints/<step>/      Orbax checkpoints, each with a manifest.json of checksums
   <workdir>/damaged_checkpoints/     steps that failed their checksums, set aside by a resume
   <workdir>/metrics.jsonl            one JSON line per logged step
@@ -14,6 +16,10 @@
 JSON files are written whole or not at all (a temporary file, then a rename). Every problem a
 user can cause (a file where the workdir should be, an unreadable config, a damaged checkpoint)
 is a one-line ValueError.
+
+With several processes one writes (process 0); the others open the workdir with `writer=False`,
+which makes any write of theirs an error rather than a second copy. (Orbax writes the
+checkpoints' arrays from whichever process holds them.)
 """
 
 from __future__ import annotations
@@ -28,11 +34,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from quantjax.workdir import manifest, record
+from quantjax.workdir import environment, manifest, record
 from quantjax.workdir.lock import Lock
 
 CONFIG_FILE = "config.json"
 AMENDMENTS_FILE = "config_amendments.json"
+ENVIRONMENT_FILE = "environment.json"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -80,12 +87,19 @@ def _json_default(value: Any) -> Any:
 class Workdir:
   """A run directory: the paths of its files and their reading and writing."""
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, *, writer: bool = True):
+    """`writer=False`: this process only reads (another process of the run writes)."""
     if not path or not isinstance(path, (str, os.PathLike)):
       raise ValueError(f"workdir {path!r} is not a path")
     self.path = os.fspath(path)
+    self.writer = writer
     if os.path.exists(self.path) and not os.path.isdir(self.path):
       raise ValueError(f"workdir {self.path!r} is a file, not a directory")
+
+  def _writing(self, what: str) -> None:
+    if not self.writer:
+      raise RuntimeError(f"this process does not write {self.path!r} (another one does); it "
+                         f"tried to write {what}")
 
   def __repr__(self) -> str:
     return f"Workdir({self.path!r})"
@@ -126,6 +140,7 @@ class Workdir:
 
   def create(self) -> None:
     """Makes the directory (and parents); a one-line ValueError when it cannot be written."""
+    self._writing("the directory")
     try:
       os.makedirs(self.path, exist_ok=True)
       probe = self.file(f".write_test.{os.getpid()}")
@@ -159,6 +174,7 @@ class Workdir:
 
   def record_config(self, config: ml_collections.ConfigDict) -> None:
     """Writes the config of a new run (atomically); amendments of an earlier one are dropped."""
+    self._writing(CONFIG_FILE)
     self.create()
     write_json_atomic(self.config_file, record.canonical(config))
     if os.path.exists(self.file(AMENDMENTS_FILE)):
@@ -176,6 +192,7 @@ class Workdir:
 
   def amend(self, changes: list[tuple[str, Any, Any]], step: int) -> None:
     """Records `changes` ((field, old, new) of safe fields) as a dated amendment at `step`."""
+    self._writing(AMENDMENTS_FILE)
     entry = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
              "step": int(step),
              "changes": {f: {"old": old, "new": new} for f, old, new in changes}}
@@ -193,6 +210,32 @@ class Workdir:
           "num_epochs only upwards)")
     return changes
 
+  # -- what the numbers depend on ------------------------------------------------------------
+
+  def environments(self) -> list[dict[str, Any]]:
+    """environment.json's entries, oldest first ([] for a run made before it existed)."""
+    path = self.file(ENVIRONMENT_FILE)
+    if not os.path.exists(path):
+      return []
+    entries = read_json(path, "environments").get("environments")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+      raise ValueError(f"{path} is malformed: expected {{'environments': [{{...}}, ...]}}")
+    return entries
+
+  def record_environment(self, entry: dict[str, Any], step: int) -> list[tuple[str, Any, Any]]:
+    """Appends `entry` (`environment.current()`) as the environment from `step` on.
+
+    Returns:
+      What differs from the previous entry and may change the numbers, as (field, old, new):
+      a resumed run that differs does not repeat an uninterrupted one bit for bit.
+    """
+    self._writing(ENVIRONMENT_FILE)
+    entries = [e for e in self.environments() if e.get("step", 0) < step]
+    changed = environment.differences(entries[-1], entry) if entries else []
+    write_json_atomic(self.file(ENVIRONMENT_FILE),
+                      {"environments": [*entries, {"step": int(step), **entry}]})
+    return changed
+
   # -- results -------------------------------------------------------------------------------
 
   def read_summary(self) -> dict[str, Any] | None:
@@ -202,15 +245,18 @@ class Workdir:
     return read_json(self.summary_file, "a summary")
 
   def write_summary(self, summary: dict[str, Any]) -> None:
+    self._writing(SUMMARY_FILE)
     write_json_atomic(self.summary_file, summary)
 
   def write_json(self, name: str, data: Any) -> str:
     """Writes `<workdir>/<name>` atomically; returns its path."""
+    self._writing(name)
     path = self.file(name)
     write_json_atomic(path, data)
     return path
 
   def write_text(self, name: str, text: str) -> str:
+    self._writing(name)
     path = self.file(name)
     with open(f"{path}.tmp", "w") as f:
       f.write(text)
@@ -223,6 +269,7 @@ class Workdir:
     `keep_evaluations_at_step=False` also drops the evaluation lines (no `train/` key) at
     `step` itself: a run resumed at its final step evaluates it again.
     """
+    self._writing(METRICS_FILE)
     if not os.path.exists(self.metrics_file):
       return
     kept = []
@@ -255,6 +302,7 @@ class Workdir:
 
   def finish_checkpoint(self, step: int) -> None:
     """Marks a saved step complete: its manifest, written after Orbax has finished."""
+    self._writing(f"the manifest of checkpoint {step}")
     manifest.write(self.step_dir(step))
 
   def intact_step(self, step: int | None = None, *, fall_back: bool = False,
@@ -318,6 +366,7 @@ class Workdir:
     return "no manifest: its save did not finish"
 
   def _set_aside(self, step: int) -> str:
+    self._writing(f"damaged checkpoint {step}")
     target_dir = self.file(DAMAGED)
     os.makedirs(target_dir, exist_ok=True)
     target = os.path.join(target_dir, str(step))

@@ -86,3 +86,17 @@ def test_random_crop_equals_reference_for_any_shape(b, h, w, c, pad, seed):
   images = _batch((b, h, w, c), seed % 1000)
   out = augment.random_crop(images, pad, np.random.default_rng(seed))
   np.testing.assert_array_equal(out, _reference(images, pad, np.random.default_rng(seed), False))
+
+
+@pytest.mark.parametrize("name", ["none", "shift", "shift_flip", "crop_flip"])
+def test_rows_augmented_alone_equal_those_rows_of_the_whole_batch(name):
+  # A process holding rows 16-47 of a 64-image batch draws for all 64 and applies its rows.
+  images = _batch((64, 12, 12, 1))
+  whole = augment.apply(images, name, np.random.default_rng([7, 0, 3, 1]))
+  draws = augment.draw(name, 64, np.random.default_rng([7, 0, 3, 1]))
+  rows = slice(16, 48)
+  part = augment.apply_drawn(images[rows], name, None if draws is None else draws.rows(rows))
+  np.testing.assert_array_equal(part, whole[rows])
+  if name != "none":
+    assert not np.array_equal(part, augment.apply(images[rows], name,
+                                                  np.random.default_rng([7, 0, 3, 1])))

@@ -43,7 +43,7 @@ def tiny_run_config(data_dir):
   config.checkpoint_every_steps = 2
   config.log_every_steps = 1
   config.tensorboard = False
-  # One device: the suite fakes 4 CPU devices, and XLA's CPU collectives across fake devices can
-  # starve on a loaded 2-core machine (a rendezvous abort); only test_sharding.py uses 4.
+  # One device, the fastest on 2 cores; test_sharding, test_reproducible and test_distributed
+  # set more (the suite fakes 4 CPU devices).
   config.num_devices = 1
   return config

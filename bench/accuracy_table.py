@@ -623,7 +623,8 @@ def markdown(report: dict[str, Any]) -> str:
     abits = "" if entry["act_bits"] >= 32 else str(entry["act_bits"])
     lines.append(f"| {entry['method']} | {entry['label']} | {entry['describe']} | "
                  f"{s['weight_bits']:.2f} | {abits} | {_pm(s['test_mean'], s['test_sd'])} | "
-                 f"{delta} | {cost} | {seeds} | {s['train_seconds']:.0f} |")
+                 f"{delta} | {cost} | {seeds} | "
+                 f"{'' if math.isnan(s['train_seconds']) else format(s['train_seconds'], '.0f')} |")
   lines += ["", "## Claims (paired 95 % intervals; computed from the table)", ""]
   lines += [f"- {c['status']}: {c['claim']}: {c['detail']}" for c in report["checks"]]
   return "\n".join(lines) + "\n"

@@ -8,9 +8,14 @@ runs=${RUNS:-runs/bench}
 mkdir -p "$runs"
 
 # Training-step overhead against float and Qwix, interleaved in one process per model.
-python bench/step_time.py --model=lenet5 --batch_size=128 --out=results/step_time.md
-python bench/step_time.py --model=resnet20 --batch_size=128 --steps=5 --reps=5 \
-  --out=results/step_time_resnet20.md
+# Every model of the registry; the ratio's interquartile range is the spread to read.
+python bench/step_time.py --model=lenet5 --batch_size=128 --reps=15 --out=results/step_time.md
+python bench/step_time.py --model=sequential --batch_size=128 --reps=15 \
+  --out=results/step_time_sequential.md
+for model in resnet20 vgg_small resnet18; do
+  python bench/step_time.py --model=$model --batch_size=128 --steps=3 --reps=11 \
+    --out=results/step_time_$model.md
+done
 
 # Peak host memory: QAT, the integer emulator and the fixed-point search against float.
 python bench/memory.py --out=results/memory.md
@@ -25,3 +30,9 @@ python bench/intsim_throughput.py --workdir="$runs/uniform_w8a8" \
 
 # Post-training searches (MXQN and the fixed-point search; wall time of the Sequential search).
 python bench/ptq_table.py --workdir="$runs/ptq"
+
+# The training loop against its own bare jitted step (host and device input pipelines).
+python bench/loop_efficiency.py --reps=5 --out=results/loop_efficiency.md
+
+# The fixed-point search's wall time on Fashion-MNIST's 6,000 validation images.
+python bench/ptq_search_time.py

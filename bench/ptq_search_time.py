@@ -1,96 +1,188 @@
 """Wall time of Goyal et al.'s fixed-point search on the Sequential net (issue 14, target 5).
 
-  python bench/ptq_search_time.py --init_from=runs/ptq/float_sequential --num_images=6000
-  python bench/ptq_search_time.py --init_from=... --modes=fast,suffix,plain   # what each buys
+  nice python bench/ptq_search_time.py          # -> results/ptq_search_time.md (+ .json)
 
-Target: <= 3 minutes on 6,000 validation images with one compilation, and the choices of the
-search without the speed-ups. mnist5k's validation split has 500 digits; until a larger one is
-used here, they are tiled (repeated) to `--num_images`, which costs what as many distinct images
-cost (the choices are those of the 500, each counted 12 times). The float run comes from
-`--init_from` (a `configs/float.py --config.model=sequential` workdir, e.g. bench/ptq_table.py's).
+Target: <= 3 minutes for the Sequential net on Fashion-MNIST's 6,000 validation images, one
+compilation, and the choices of the search without the speed-ups. The float network is the
+Sequential run in `--init_from`; if that holds no checkpoint, a brief one is trained first
+(`--train_epochs` of `configs/fashion/lenet5.py:float --config.model=sequential`).
 
-Modes, each a full search from the same float network and calibration:
-- `plain`: every candidate evaluated on the whole network (`quantjax.ptq.evaluator`), as before;
-- `suffix`: only the layers after the one being searched, from a cached activation
-  (`quantjax.ptq.suffix`), every image counted;
-- `fast`: `suffix`, and a candidate stops counting once it has more wrong predictions than its
-  budget allows (the images ordered by float margin, smallest first): configs/ptq_fixedpoint.py's
-  default.
-Per mode: wall and CPU seconds, evaluations, compilations (candidate program; cut-moving
-program), and whether the choices and history equal the first mode's. Wall time on a shared
-machine moves with its load: the CPU seconds and the load average are printed beside it.
+Rows, each a search from the same float network and calibration (`quantjax.ptq.run.
+search_fixed_point`, timed whole: the float margins, the compilations and the search), with the
+speed-ups of `quantjax.ptq.suffix` added in turn:
+
+- `plain`: every candidate evaluated on the whole network. It takes over an hour on 2 cores, so
+  it runs only the first `--plain_tensors` tensors; its full time is estimated as its seconds
+  per evaluation times the evaluations of the full search (the `suffix` row evaluates exactly
+  the same points, one by one);
+- `+suffix`: only the network after the cut, from the cached tensor, every image counted;
+- `+stop_early`: a candidate stops counting once it cannot pass its budget;
+- `+lookahead`: a step's candidates counted together (lanes, `vmap` over slots).
+
+Each row's choices (b, F per tensor) are compared with the plain search's (on the tensors it
+searched) and with the previous row's (all 45). Wall time on a shared machine moves with its
+load: the CPU seconds of this process and the load average are recorded beside it.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
+import shlex
+import subprocess
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import ptq_fixedpoint  # noqa: E402
+from configs.fashion import lenet5 as fashion  # noqa: E402
 from quantjax.ptq import calibration  # noqa: E402
 from quantjax.ptq.evaluator import Evaluator  # noqa: E402
-from quantjax.ptq.run import search_fixed_point  # noqa: E402
+from quantjax.ptq.run import SPEEDUPS, search_fixed_point  # noqa: E402
 from quantjax.reports.machine import machine  # noqa: E402
 from quantjax.train import checkpoint, experiment  # noqa: E402
 
-_INIT_FROM = flags.DEFINE_string("init_from", "runs/ptq/float_sequential",
-                                 "Workdir of a float Sequential run.")
-_DATA_DIR = flags.DEFINE_string("data_dir", "", "tfds data_dir of mnist5k ('' = default).")
-_NUM_IMAGES = flags.DEFINE_integer("num_images", 6000,
-                                   "Validation images searched on (the split tiled to this).")
-_MODES = flags.DEFINE_list("modes", ["fast"], "plain, suffix and/or fast (see the docstring).")
-_MODEL = flags.DEFINE_string("model", "sequential", "The model of --init_from.")
+_INIT_FROM = flags.DEFINE_string("init_from", "runs/ptq/float_sequential_fashion",
+                                 "Workdir of a float Sequential run on Fashion-MNIST (trained "
+                                 "here if it holds no checkpoint).")
+_TRAIN_EPOCHS = flags.DEFINE_float("train_epochs", 2.0, "Epochs of that brief float run.")
+_PLAIN_TENSORS = flags.DEFINE_integer("plain_tensors", 3,
+                                      "Tensors the plain search runs (0: all 45, over an hour).")
+_ROWS = flags.DEFINE_list("rows", ["plain", "suffix", "stop_early", "lookahead"],
+                          "Rows to run, in this order (each adds its speed-up to the last).")
+_OUT_DIR = flags.DEFINE_string("out_dir", "results", "Where ptq_search_time.md/.json go.")
+
+
+def float_run(init_from: str) -> None:
+  """Trains the brief float Sequential run unless `init_from` holds a checkpoint."""
+  if os.path.isdir(os.path.join(init_from, "checkpoints")) and os.listdir(
+      os.path.join(init_from, "checkpoints")):
+    return
+  cmd = [sys.executable, "train.py", "--config=configs/fashion/lenet5.py:float",
+         "--config.model=sequential", f"--config.num_epochs={_TRAIN_EPOCHS.value}",
+         "--config.warmup_epochs=0.25", "--config.eval_every_epochs=0",
+         "--config.tensorboard=False", f"--workdir={init_from}"]
+  print("training the float network: " + shlex.join(cmd[1:]), flush=True)
+  subprocess.run(cmd, check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv):
   del argv
-  config = ptq_fixedpoint.get_config()
-  config.model = _MODEL.value
-  config.data_dir = _DATA_DIR.value
+  unknown = set(_ROWS.value) - {"plain", *SPEEDUPS}
+  if unknown:
+    raise ValueError(f"--rows {sorted(unknown)} not valid; choose plain, {', '.join(SPEEDUPS)}")
+  float_run(_INIT_FROM.value)
+  config = fashion.get_config("ptq_fixedpoint")
+  config.model = "sequential"
   config.init_from = _INIT_FROM.value
   exp = experiment.build(config, quantized=False, training=False)
   images, labels = calibration.split_arrays(exp.dataset, calibration.CALIBRATION_SPLIT,
                                             batch_size=config.eval_batch_size)
-  reps = -(-_NUM_IMAGES.value // len(images))
-  images = np.concatenate([images] * reps)[:_NUM_IMAGES.value]
-  labels = np.concatenate([labels] * reps)[:_NUM_IMAGES.value]
-  calib = images[:int(config.ptq.calibration_batches) * int(config.ptq.calibration_batch_size)]
-  raw, _ = checkpoint.restore_variables(config.init_from)
+  calib, _ = calibration.split_arrays(
+      exp.dataset, calibration.CALIBRATION_SPLIT, batch_size=int(config.ptq.calibration_batch_size),
+      num_batches=int(config.ptq.calibration_batches))
+  raw, step = checkpoint.restore_variables(config.init_from)
   variables = {k: jax.tree_util.tree_map(jnp.asarray, raw[k]) for k in ("params", "batch_stats")
                if raw.get(k)}
   acc_fp = Evaluator(exp.model, None, images, labels, batch_size=config.eval_batch_size)(
       variables)
   records = calibration.record_layers(exp.model, variables, calib)
-  print(f"# fixed-point search time, {config.model}, {len(images)} validation images "
-        f"(mnist5k's {len(images) // reps} tiled x{reps}); float accuracy {acc_fp:.4f}")
-  print(f"# {machine()}; load average at start {os.getloadavg()[0]:.1f}")
-  print("| mode | wall s | CPU s | evaluations | compilations | same choices | val. acc |")
-  print("|---|---|---|---|---|---|---|")
-  first = None
-  for mode in _MODES.value:
-    if mode not in ("plain", "suffix", "fast"):
-      raise ValueError(f"--modes entry {mode!r} is not valid; choose plain, suffix or fast")
-    config.ptq.fast_search = mode != "plain"
-    t0 = time.perf_counter()
-    rules, report = search_fixed_point(exp, variables, records, images, labels, acc_fp,
-                                       config.ptq, stop_early=mode == "fast")
-    wall = time.perf_counter() - t0
-    choices = (rules, [(r["bits"], r["frac"]) for r in report["history"]])
-    same = "-" if first is None else ("yes" if choices == first else "NO")
-    first = first or choices
-    print(f"| {mode} | {wall:.0f} | {report['search_cpu_seconds']:.0f} | "
-          f"{report['evaluations']} | {report['compilations']} + "
-          f"{report.get('record_compilations', 0)} | {same} | "
-          f"{report['validation_accuracy_search']:.4f} |", flush=True)
-  print(f"# load average at end {os.getloadavg()[0]:.1f}")
+  command = shlex.join(["python", "bench/ptq_search_time.py", *sys.argv[1:]])
+  date, where = datetime.date.today().isoformat(), machine()
+  load = os.getloadavg()
+  print(f"# {len(images)} validation images, float accuracy {acc_fp:.4f} ({config.init_from}, "
+        f"step {step}); {where}; load average {load[0]:.1f}", flush=True)
+
+  rows, speedups = [], ()
+  for name in _ROWS.value:
+    if name != "plain":
+      speedups = (*speedups, name)
+    bounded = name == "plain" and _PLAIN_TENSORS.value > 0
+    load_before = os.getloadavg()[0]
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    rules, report = search_fixed_point(
+        exp, variables, records, images, labels, acc_fp, config.ptq, speedups=speedups,
+        max_tensors=_PLAIN_TENSORS.value if bounded else None)
+    row = {"row": name if name == "plain" else "+" + name, "speedups": list(speedups),
+           "wall_seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0,
+           "load_average": (load_before + os.getloadavg()[0]) / 2,
+           "tensors": len(report["history"]), "evaluations": report["evaluations"],
+           "program_calls": report["program_calls"], "compilations": report["compilations"],
+           "record_compilations": report["record_compilations"],
+           "choices": [(r["component"], r["layer"], r["bits"], r["frac"])
+                       for r in report["history"]],
+           "accuracies": [r["accuracy"] for r in report["history"]],
+           "validation_accuracy": report["validation_accuracy_search"], "bounded": bounded}
+    rows.append(row)
+    print(f"{row['row']}: {row['wall_seconds']:.0f} s wall, {row['cpu_seconds']:.0f} s CPU, "
+          f"{row['tensors']} tensors, {row['evaluations']} evaluations, load "
+          f"{row['load_average']:.1f}", flush=True)
+
+  # The plain row's full time: its seconds per evaluation times the full search's evaluations
+  # (the '+suffix' row evaluates the same points one by one).
+  full = next((r for r in rows if r["speedups"] == ["suffix"]), None)
+  for r in rows:
+    r["estimated_full_seconds"] = r["wall_seconds"]
+    if r["bounded"] and full is not None:
+      r["estimated_full_seconds"] = r["wall_seconds"] / r["evaluations"] * full["evaluations"]
+  plain = rows[0] if rows[0]["row"] == "plain" else None
+  for prev, r in zip([None, *rows], rows, strict=False):
+    n = len(r["choices"]) if plain is None else min(len(r["choices"]), len(plain["choices"]))
+    r["same_choices_as_plain"] = None if plain is None or r is plain else (
+        r["choices"][:n] == plain["choices"][:n] and r["accuracies"][:n] == plain["accuracies"][:n])
+    r["same_choices_as_previous"] = None if prev is None or prev["bounded"] else (
+        r["choices"] == prev["choices"] and r["accuracies"] == prev["accuracies"])
+    r["ratio_to_plain"] = None if plain is None else (
+        plain["estimated_full_seconds"] / r["estimated_full_seconds"])
+    r["ratio_to_previous"] = None if prev is None else (
+        prev["estimated_full_seconds"] / r["estimated_full_seconds"])
+
+  def fmt(x, spec):
+    return "-" if x is None else (("yes" if x else "NO") if isinstance(x, bool) else
+                                  format(x, spec))
+
+  lines = [
+      "# Fixed-point search time: the Sequential net on Fashion-MNIST (issue 14, target 5)", "",
+      f"Generated {date} on {where} by `{command}` (run under `nice`, beside other jobs: load "
+      f"average {load[0]:.1f} at the start, per row below). {len(images)} validation images, "
+      f"float validation accuracy {acc_fp:.4f} (`{config.init_from}`, step {step}). Target: "
+      "<= 180 s wall, one compilation, the plain search's choices.", "",
+      "| row | wall s | CPU s | load | evaluations | calls | compilations | x plain | "
+      "x previous | same choices as plain / previous |",
+      "|---|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    wall = (f"{r['wall_seconds']:.0f} ({r['tensors']} tensors; full ~"
+            f"{r['estimated_full_seconds']:.0f})" if r["bounded"] else f"{r['wall_seconds']:.0f}")
+    compiled = (f"{r['compilations']}" if r["row"] == "plain" else
+                f"{r['compilations']} + {r['record_compilations']}")
+    lines.append(
+        f"| {r['row']} | {wall} | {r['cpu_seconds']:.0f} | {r['load_average']:.1f} | "
+        f"{r['evaluations']} | {r['program_calls']} | {compiled} | "
+        f"{fmt(r['ratio_to_plain'], '.1f')} | {fmt(r['ratio_to_previous'], '.2f')} | "
+        f"{fmt(r['same_choices_as_plain'], '')} / {fmt(r['same_choices_as_previous'], '')} |")
+  last = rows[-1]
+  lines += [
+      "", "Columns: `calls` are calls of the candidate program (the plain search: of the whole "
+      "network); `compilations` are the candidate program's, plus the cut-moving program's. "
+      "Ratios compare (estimated) full wall times.", "",
+      f"- Last row: {last['wall_seconds']:.0f} s wall against the 180 s target: "
+      f"{'met' if last['wall_seconds'] <= 180 else 'NOT met'} at load "
+      f"{last['load_average']:.1f} on 2 cores; {last['compilations']} compilation(s) of the "
+      "candidate program."]
+  text = "\n".join(lines) + "\n"
+  print(text)
+  os.makedirs(_OUT_DIR.value, exist_ok=True)
+  with open(os.path.join(_OUT_DIR.value, "ptq_search_time.md"), "w") as f:
+    f.write(text)
+  with open(os.path.join(_OUT_DIR.value, "ptq_search_time.json"), "w") as f:
+    json.dump({"date": date, "machine": where, "command": command, "images": len(images),
+               "float_accuracy": acc_fp, "load_average_start": load[0], "rows": rows}, f,
+              indent=1)
 
 
 if __name__ == "__main__":

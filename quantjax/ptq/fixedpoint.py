@@ -27,8 +27,9 @@ point `(b, F)`. The search:
 failure, floor at 2 bits); the config fields `ptq.extra_diagonal_step` and `ptq.min_bits` select it.
 
 Candidates differ only in 'quant_state' values of the `fixed_point` quantizer, so one compiled
-evaluation serves the whole search (`quantjax.ptq.evaluator`; `quantjax.ptq.suffix` evaluates
-only the layers after the one being searched, and stops a candidate once it cannot pass).
+evaluation serves the whole search (`quantjax.ptq.evaluator`). `quantjax.ptq.suffix` evaluates
+only the layers from the one being searched on, stops a candidate once it cannot pass, and counts
+a step's candidates together (`lookahead`); the choices stay those of the plain search.
 """
 
 from __future__ import annotations
@@ -84,17 +85,18 @@ def passes(acc: float, *, acc_fp: float, allowed: float) -> bool:
   return (acc_fp - acc) / acc_fp <= allowed + 1e-12
 
 
-def search_point(evaluate: Callable[[Point], float], start: Point, *, acc_fp: float,
-                 allowed: float, tradeoff: float = 0.0015, min_bits: int = MIN_BITS,
-                 max_bits: int = MAX_BITS, extra_diagonal_step: bool = True,
+def search_point(evaluate: Callable[[Sequence[Point]], Sequence[float]], start: Point, *,
+                 acc_fp: float, allowed: float, tradeoff: float = 0.0015,
+                 min_bits: int = MIN_BITS, max_bits: int = MAX_BITS,
+                 extra_diagonal_step: bool = True,
                  log: Callable[[Point, float], None] | None = None,
-                 start_acc: float | None = None) -> tuple[Point, float]:
+                 start_acc: float | None = None, lookahead: bool = False) -> tuple[Point, float]:
   """One layer's component: steps (a), (b), (c) of the module docstring.
 
   Args:
-    evaluate: accuracy of the network with this component at a point (everything else fixed).
-      Only whether a point passes is read for a point that fails, so an evaluator may return
-      any accuracy below the budget for it (an early-stopped count).
+    evaluate: accuracies of the network with this component at each of the given points
+      (everything else fixed). Only whether a point passes is read for a point that fails, so
+      an evaluator may return any accuracy below the budget for it (an early-stopped count).
     start: the point to start from.
     acc_fp: the float network's accuracy.
     allowed: the relative drop allowed (`budget`).
@@ -103,34 +105,50 @@ def search_point(evaluate: Callable[[Point], float], start: Point, *, acc_fp: fl
     extra_diagonal_step: take one more diagonal step past the first failing point (a).
     log: called with every newly evaluated point and its accuracy.
     start_acc: the accuracy at `start` if already known (it is not evaluated again).
+    lookahead: before each step, evaluate all the points it may read in one call (the rest of
+      the diagonal, the widths below, the neighbourhood), so an evaluator can count them
+      together; some are never read. The choice is the same: the steps read the same points.
 
   Returns:
     (the chosen point, its accuracy).
   """
   seen: dict[Point, float] = {} if start_acc is None else {start: start_acc}
 
+  def fetch(points: Sequence[Point]) -> None:
+    new = [p for p in dict.fromkeys(points) if p not in seen]
+    if new:
+      for p, a in zip(new, evaluate(new), strict=True):
+        seen[p] = a
+        if log is not None:
+          log(p, a)
+
+  def ahead(points: Sequence[Point]) -> None:
+    if lookahead:
+      fetch([p for p in points if min_bits <= p.bits <= max_bits])
+
   def acc(p: Point) -> float:
     if p not in seen:
-      seen[p] = evaluate(p)
-      if log is not None:
-        log(p, seen[p])
+      fetch([p])
     return seen[p]
 
   def ok(p: Point) -> bool:
     return passes(acc(p), acc_fp=acc_fp, allowed=allowed)
 
   # (a) the diagonal, ordered by falling cost; the lowest-cost passing point is taken.
+  ahead([Point(start.bits - j, start.frac - j) for j in range(start.bits - min_bits + 1)])
   diagonal = [start]
   while diagonal[-1].bits > min_bits and ok(diagonal[-1]):
     diagonal.append(Point(diagonal[-1].bits - 1, diagonal[-1].frac - 1))
   if extra_diagonal_step and diagonal[-1].bits > min_bits and not ok(diagonal[-1]):
     diagonal.append(Point(diagonal[-1].bits - 1, diagonal[-1].frac - 1))
   cur = next((p for p in reversed(diagonal) if ok(p)), start)
-  if ok(cur):
-    while cur.bits > min_bits and ok(nxt := Point(cur.bits - 1, cur.frac)):  # (b)
+  if ok(cur):  # (b)
+    ahead([Point(b, cur.frac) for b in range(cur.bits - 1, min_bits - 1, -1)])
+    while cur.bits > min_bits and ok(nxt := Point(cur.bits - 1, cur.frac)):
       cur = nxt
   # (c) the 3x3 neighbourhood
   around = [Point(cur.bits + db, cur.frac + df) for db in (-1, 0, 1) for df in (-1, 0, 1)]
+  ahead(around)
   inside = [p for p in around if min_bits <= p.bits <= max_bits and ok(p)]
   if not inside and not ok(cur) and cur.bits + 4 <= max_bits:
     wider = Point(cur.bits + 4, cur.frac + 4)  # +4 bits, the same range
@@ -155,18 +173,20 @@ class SearchResult:
   cpu_seconds: float  # CPU time of this process (all threads), steadier on a shared machine
 
 
-def search(evaluate: Callable[..., float], max_abs: Mapping[tuple[str, str], float],
+def search(evaluate: Callable[..., Sequence[float]], max_abs: Mapping[tuple[str, str], float],
            layer_paths: Sequence[str], *, acc_fp: float, threshold: float = 0.005,
            tradeoff: float = 0.0015, start_bits: Mapping[str, int] | None = None,
            min_bits: int = MIN_BITS, extra_diagonal_step: bool = True,
            focus: Callable[[Mapping[tuple[str, str], Point], tuple[str, str]], None] | None = None,
-           stop_early: bool = False) -> SearchResult:
+           stop_early: bool = False, lookahead: bool = False,
+           max_tensors: int | None = None) -> SearchResult:
   """Goyal et al.'s search over every (layer, component) in `max_abs`.
 
   Args:
-    evaluate: validation accuracy of the network with every component at the given points,
-      `evaluate(points)`; with `stop_early`, `evaluate(points, passing=predicate)` may stop
-      counting once `predicate(accuracy)` cannot hold and return any failing accuracy.
+    evaluate: validation accuracies of configurations (each a dict of every component's point),
+      `evaluate(configurations)`; with `stop_early`, `evaluate(configurations, passing=predicate)`
+      may stop counting one once `predicate(accuracy)` cannot hold and return any failing
+      accuracy for it.
     max_abs: max|x| of each (layer path, component) tensor (kernel, bias, calibration outputs);
       a layer without a bias has no 'bias' entry.
     layer_paths: the layers in network order.
@@ -180,6 +200,8 @@ def search(evaluate: Callable[..., float], max_abs: Mapping[tuple[str, str], flo
       its candidates are evaluated (an evaluator can cache what the candidates share).
     stop_early: pass `passing` to `evaluate` (see above). The choices are the same; a chosen point
       that fails its budget is evaluated again in full for its accuracy.
+    lookahead: send each step's possible points in one call (`search_point`); same choices.
+    max_tensors: stop after this many (layer, component) searches (a bounded run, for timing).
 
   Returns:
     The chosen points, the final validation accuracy and a per-layer history.
@@ -187,15 +209,17 @@ def search(evaluate: Callable[..., float], max_abs: Mapping[tuple[str, str], flo
   t0, cpu0 = time.perf_counter(), time.process_time()
   evaluations = 0
 
-  def run(points, passing=None):
+  def run(configurations, passing=None):
     nonlocal evaluations
-    evaluations += 1
-    return evaluate(points) if passing is None else evaluate(points, passing=passing)
+    evaluations += len(configurations)
+    if passing is None:
+      return evaluate(configurations)
+    return evaluate(configurations, passing=passing)
 
   start_bits = dict(start_bits or {"weight": 12, "bias": 8, "output": 12})
   while True:
     points = {key: start_point(m, start_bits[key[1]]) for key, m in max_abs.items()}
-    acc = run(points)
+    [acc] = run([points])
     drop = (acc_fp - acc) / acc_fp
     logging.info("fixed-point search: start %s: accuracy %.4f (float %.4f), drop %.3f%% "
                  "(budget %.3f%%)", start_bits, acc, acc_fp, 100 * drop, 100 * threshold)
@@ -210,7 +234,7 @@ def search(evaluate: Callable[..., float], max_abs: Mapping[tuple[str, str], flo
   for component in COMPONENTS:
     for i, path in enumerate(layer_paths, start=1):
       key = (path, component)
-      if key not in points:
+      if key not in points or (max_tensors is not None and len(history) >= max_tensors):
         continue
       allowed = budget(component, i, num_layers, threshold)
       start, t_layer, before = points[key], time.perf_counter(), evaluations
@@ -218,8 +242,8 @@ def search(evaluate: Callable[..., float], max_abs: Mapping[tuple[str, str], flo
       if focus is not None:
         focus(points, key)
 
-      def at(p, key=key, passing=passing):
-        return run({**points, key: p}, passing)
+      def at(candidates, key=key, passing=passing):
+        return run([{**points, key: p} for p in candidates], passing)
 
       def log(p, a, path=path, component=component, i=i, allowed=allowed):
         logging.info("  %s %s (%d/%d) candidate %s: accuracy %.4f, drop %.3f%% (budget %.3f%%)",
@@ -229,10 +253,10 @@ def search(evaluate: Callable[..., float], max_abs: Mapping[tuple[str, str], flo
       # The start point is the configuration just chosen: its accuracy is known.
       chosen, acc = search_point(at, start, acc_fp=acc_fp, allowed=allowed, tradeoff=tradeoff,
                                  min_bits=min_bits, extra_diagonal_step=extra_diagonal_step,
-                                 log=log, start_acc=acc)
+                                 log=log, start_acc=acc, lookahead=lookahead)
       points[key] = chosen
       if stop_early and not passing(acc):  # an early-stopped count: the exact one for the record
-        acc = run(points)
+        [acc] = run([points])
       row = {"component": component, "layer": path, "index": i, "start": str(start),
              "bits": chosen.bits, "frac": chosen.frac, "accuracy": acc,
              "drop": (acc_fp - acc) / acc_fp, "budget": allowed,

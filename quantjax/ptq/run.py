@@ -39,6 +39,7 @@ from quantjax.train import checkpoint, evaluate, experiment, sharding
 from quantjax.workdir import Workdir
 
 METHODS = ("fixedpoint", "mxqn")
+SPEEDUPS = ("suffix", "stop_early", "lookahead")  # of the fixed-point search, in the order added
 CRITERIA = ("accuracy", "agreement")
 REPORT = "ptq_report"
 
@@ -135,17 +136,26 @@ def _result_config(config, rules) -> ml_collections.ConfigDict:
 
 
 def search_fixed_point(exp, variables, records, val_images, val_labels, acc_fp, ptq, *,
-                       stop_early: bool = True):
+                       speedups: tuple[str, ...] | None = None, max_tensors: int | None = None):
   """Goyal et al.'s search; returns (rules, report).
 
   `ptq.criterion='accuracy'` (the paper's) measures each candidate's accuracy on the validation
   labels; 'agreement' measures the fraction of validation images on which it predicts what the
   float network predicts (the float network then scores 1, and every changed prediction counts as
   a loss, so the search cannot spend a lucky gain on the small validation split).
-  `ptq.fast_search` evaluates each candidate from the layer being searched on
-  (`quantjax.ptq.suffix`) and, with `stop_early`, stops counting a candidate once it cannot pass;
-  the choices are those of the plain search (`bench/ptq_search_time.py` times each).
+
+  `speedups` (default: all of `SPEEDUPS` if `ptq.fast_search`, else none) are those of
+  `quantjax.ptq.suffix`: 'suffix' evaluates each candidate from the layer being searched on,
+  'stop_early' stops counting a candidate once it cannot pass, 'lookahead' counts a step's
+  candidates together (the last two need the first). The choices are those of the plain search
+  (`bench/ptq_search_time.py` times each). `max_tensors` bounds the search (for timing).
   """
+  if speedups is None:
+    speedups = SPEEDUPS if ptq.get("fast_search", True) else ()
+  unknown = set(speedups) - set(SPEEDUPS)
+  if unknown or (speedups and "suffix" not in speedups):
+    raise ValueError(f"speedups={speedups!r} is not valid: a subset of {', '.join(SPEEDUPS)} "
+                     "that holds 'suffix' if it holds any")
   layers = exp.layers
   spec = {"name": "fixed_point"}
   search_config = _result_config(exp.config, [
@@ -170,15 +180,18 @@ def search_fixed_point(exp, variables, records, val_images, val_labels, acc_fp, 
     acc_fp = 1.0
   batch_size = min(exp.config.eval_batch_size, len(val_images))
   layer_paths = [layer.path for layer in layers]
-  if ptq.get("fast_search", True):
-    evaluator = suffix.PointAccuracy.build(exp.model, plan, layer_paths, variables, base,
-                                           val_images, labels, batch_size=batch_size)
-    accuracy, focus = evaluator.accuracy, evaluator.focus
+  if "suffix" in speedups:
+    fast = suffix.PointAccuracy.build(exp.model, plan, layer_paths, variables, base,
+                                      val_images, labels, batch_size=batch_size,
+                                      stop_early="stop_early" in speedups)
+    accuracy, focus, programs = fast.accuracies, fast.focus, fast.evaluator
   else:
-    evaluator, focus = Evaluator(exp.model, plan, val_images, labels, batch_size=batch_size), None
+    plain = Evaluator(exp.model, plan, val_images, labels, batch_size=batch_size)
+    focus, programs = None, plain
 
-    def accuracy(points):
-      return evaluator({**variables, QUANT_STATE: fixedpoint.quant_state(base, points)})
+    def accuracy(configurations):
+      return [plain({**variables, QUANT_STATE: fixedpoint.quant_state(base, points)})
+              for points in configurations]
 
   result = fixedpoint.search(
       accuracy, max_abs, layer_paths, acc_fp=acc_fp,
@@ -186,7 +199,8 @@ def search_fixed_point(exp, variables, records, val_images, val_labels, acc_fp, 
       start_bits={k: int(ptq.start_bits[k]) for k in fixedpoint.COMPONENTS},
       min_bits=int(ptq.get("min_bits", fixedpoint.MIN_BITS)),
       extra_diagonal_step=bool(ptq.get("extra_diagonal_step", True)),
-      focus=focus, stop_early=stop_early and focus is not None)
+      focus=focus, stop_early="stop_early" in speedups, lookahead="lookahead" in speedups,
+      max_tensors=max_tensors)
   rules = []
   for layer in layers:
     rule = {"pattern": re.escape(layer.path)}
@@ -199,9 +213,10 @@ def search_fixed_point(exp, variables, records, val_images, val_labels, acc_fp, 
       "method": "fixedpoint", "criterion": criterion, "score_float": acc_fp,
       "validation_accuracy_search": result.accuracy, "start_bits": result.start_bits,
       "threshold": float(ptq.threshold), "tradeoff": float(ptq.tradeoff),
-      "evaluations": result.num_evaluations, "compilations": evaluator.num_traces,
-      "fast_search": focus is not None, "stop_early": stop_early and focus is not None,
-      "record_compilations": evaluator.evaluator.num_record_traces if focus else 0,
+      "evaluations": result.num_evaluations, "speedups": list(speedups),
+      "compilations": programs.num_traces,  # of the candidate program
+      "record_compilations": getattr(programs, "num_record_traces", 0),  # cut-moving program
+      "program_calls": programs.num_calls,
       "search_seconds": result.seconds, "search_cpu_seconds": result.cpu_seconds,
       "history": result.history,
   }

@@ -1,50 +1,52 @@
-"""Accuracy of candidates that differ in one layer: only the network after that layer is computed.
+"""Accuracy of candidates that differ in one layer: from that layer on, several at once.
 
-While Goyal et al.'s search (`quantjax.ptq.fixedpoint`) tries points for one layer's weights,
-bias or output, everything upstream of that layer is fixed, so every candidate shares
+While Goyal et al.'s search (`quantjax.ptq.fixedpoint`) tries points for one tensor, everything
+upstream of it is fixed. The *cut* is the convolution or matmul result (before the bias) of the
+layer just before the candidates' first difference: of layer k-1 while layer k's weights are
+searched (the images for the first layer), of layer k itself while its bias and output are.
+`SuffixEvaluator.move` records the cut for every validation image from the previous one (about
+one layer's work), and candidates are counted from it:
 
-- the activation entering the layer (`INPUT`, while its weights are searched), or
-- the layer's own convolution or matmul result before its bias is added (`CONV`, while its bias
-  and output are searched: both are applied after it).
+- suffix: the network is traced once, as a jitted function in which every layer's result can be
+  replaced by a given tensor under a traced mask; each cut is a `lax.switch` branch that calls it
+  with a constant mask, so XLA folds the mask and removes everything upstream of the cut as dead
+  code (what a skip connection around the cut still reads is computed from the images: the
+  counts stay exact, only slower);
+- early stop: a candidate stops counting once it has more wrong predictions than its budget
+  allows (the images are ordered by the float network's margin, smallest first, so a failing
+  candidate usually stops within its first few dozen images);
+- lanes: up to `MAX_LANES` candidates per call (the search's `lookahead` sends a step's points
+  together), `vmap`ped over `slots` candidate states; each iteration of the counting loop gives
+  every slot `rows // slots` images of a lane still counting, so a lane that stops frees its
+  slots at once and every iteration computes a full batch. The searched layer's convolution,
+  whose kernel differs per slot, runs slot by slot (`lax.map`) rather than as the grouped
+  convolution `vmap` would make of it (several times slower on CPU).
 
-`SuffixEvaluator.focus` records that tensor for every validation image once per layer (moving on
-from the previous layer's record, so a move costs about one layer), and each candidate is then
-evaluated from it: the convolutions and matmuls before the cut are skipped inside the one
-compiled program (`lax.switch` on the traced cut index), so a candidate costs the network after
-the cut plus the elementwise operations before it.
-
-A candidate also stops counting once it has more wrong predictions than its budget allows (a
-`while_loop` over batches; the images are ordered by the float network's margin, smallest first,
-so a failing candidate usually stops after one batch). Neither change alters a result: the
-arithmetic of every computed layer is that of the full evaluation, and a count that stops early
-is only used to say that the candidate fails.
-
-The cut is valid where each layer's input is computed from the previous layer's output alone (a
-chain: LeNet-5, the Sequential net). `focus` checks this on every move: the current points
-evaluated from the new cut must predict what they predicted before the move (same count and
-the same fingerprint of the predicted classes); if not (a skip connection around the cut), the
-layer is evaluated in full, and a warning says so.
+Every computed layer does the arithmetic of the full evaluation on the same images; only which
+images share a batch changes.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
+from flax import traverse_util
 
 from quantjax.intercept import QUANT_STATE, QuantPlan, module_path, quantized_apply
 from quantjax.intercept.layers import QUANTIZABLE
 from quantjax.ptq import fixedpoint
 
-INPUT, CONV = 0, 1  # what is cached at the cut: the layer's input, or its result before the bias
-NO_CUT = -1
+IMAGES = -1  # the cut before the first layer: candidates are counted from the images
+MAX_LANES = 16  # candidates per call: a whole diagonal (16 bits down to 1)
+# A lane's points, [3, 2] rows of (bits, F): the weights of the layer after the cut, then the
+# bias and the output of the cut's own layer: (component, layer offset from the cut).
+LANE_LEAVES = (("weight", 1), ("bias", 0), ("output", 0))
 
 
 def float_margins(model: nn.Module, variables: dict[str, Any], images: np.ndarray,
@@ -64,60 +66,85 @@ def float_margins(model: nn.Module, variables: dict[str, Any], images: np.ndarra
   return np.concatenate(out)
 
 
+def _slotwise(primitive: Callable, *args, **kwargs) -> Callable:
+  """`primitive(lhs, rhs, *args, **kwargs)` whose vmap over both operands maps, not groups."""
+
+  def call(lhs, rhs):
+    return primitive(lhs, rhs, *args, **kwargs)
+
+  @jax.custom_batching.custom_vmap
+  def apply(lhs, rhs):
+    return call(lhs, rhs)
+
+  @apply.def_vmap
+  def _(axis_size, in_batched, lhs, rhs):
+    del axis_size
+    lhs_batched, rhs_batched = in_batched
+    if lhs_batched and rhs_batched:  # one kernel per slot: slot by slot
+      return jax.lax.map(lambda pair: call(*pair), (lhs, rhs)), True
+    if not (lhs_batched or rhs_batched):
+      return call(lhs, rhs), False
+    axes = (0 if lhs_batched else None, 0 if rhs_batched else None)
+    return jax.vmap(call, in_axes=axes)(lhs, rhs), True
+
+  return apply
+
+
 class SuffixEvaluator:
-  """`evaluator(quant_state, max_wrong) -> (correct, finished)` from the current cut.
+  """Counts of candidates that differ from a state in the layers around the cut.
+
+  `move(state, cut)` records the cut (a layer index: its result before the bias; `IMAGES`:
+  nothing); `evaluate(state, lane_points, max_wrong)` counts up to `MAX_LANES` candidates at
+  once, each `state` with `lane_points` (see `LANE_LEAVES`) in place.
 
   Args:
     model: the flax model.
-    plan: the quantization plan whose 'quant_state' the candidates set.
-    layer_paths: the plan's layers in call order (the cut is an index into it).
+    plan: the quantization plan whose 'quant_state' the candidates set (fixed-point tensors).
+    layer_paths: the plan's layers in call order (a cut is an index into it).
     variables: the model's other collections ('params', 'batch_stats').
     images, labels: the evaluation set.
-    batch_size: images per batch of the loop (the early stop is checked between batches).
+    rows: images per iteration of the counting loop (over all slots) and per batch of a record.
+    slots: candidate states evaluated side by side (`vmap`); divides `rows`.
     order: a permutation of the images (e.g. smallest float margin first); None keeps theirs.
   """
 
   def __init__(self, model: nn.Module, plan: QuantPlan, layer_paths: Sequence[str],
                variables: dict[str, Any], images: np.ndarray, labels: np.ndarray, *,
-               batch_size: int = 500, order: np.ndarray | None = None):
+               rows: int = 256, slots: int = 8, order: np.ndarray | None = None):
     if len(images) != len(labels) or not len(images):
       raise ValueError(f"{len(images)} images and {len(labels)} labels: need equal, non-zero")
+    if slots < 1 or rows % slots:
+      raise ValueError(f"slots={slots} must be positive and divide rows={rows}")
     if order is not None:
       images, labels = images[order], labels[order]
     self.num_traces = 0  # compilations of the candidate program
     self.num_record_traces = 0  # compilations of the program that moves the cut
-    self.num_calls = 0
+    self.num_calls = 0  # candidate-program calls
     self.count = len(images)
     self._layers = {path: i for i, path in enumerate(layer_paths)}
-    self._num_layers = len(layer_paths)
-    n, pad = len(images), (-len(images)) % batch_size
-    shape = (-1, batch_size, *images.shape[1:])
+    self._paths = list(layer_paths)
+    self._rows, self._slots = rows, slots
+    n_pad = -(-len(images) // rows) * rows
+    pad = n_pad - len(images)
     self._images = jnp.asarray(np.concatenate(
-        [images, np.zeros((pad, *images.shape[1:]), images.dtype)]).reshape(shape))
-    self._labels = jnp.asarray(np.concatenate(
-        [labels, np.zeros(pad, labels.dtype)]).reshape(shape[:2]).astype(np.int32))
-    self._mask = jnp.asarray((np.arange(n + pad) < n).reshape(shape[:2]), jnp.int32)
-    # Weights of the prediction fingerprint: distinct per image position, small enough for int32.
-    self._weights = jnp.asarray((np.arange(n + pad) % 9973 + 1).reshape(shape[:2]), jnp.int32)
+        [images, np.zeros((pad, *images.shape[1:]), images.dtype)]))  # [N', H, W, C]
+    self._labels = jnp.asarray(np.concatenate([labels, np.zeros(pad, labels.dtype)]), jnp.int32)
     self._variables = variables
     self._apply = quantized_apply(model, plan, training=False)
-    self._width = self._cache_width(model, images[:1])
-    self._cache = jnp.zeros((*self._images.shape[:2], self._width), jnp.float32)  # [NB, B, width]
-    self.cut, self.kind = NO_CUT, INPUT
-    self._full_layers: set[tuple[int, int]] = set()  # cuts found invalid (not a chain)
-    self._known: dict[Any, tuple[int, int, int, bool]] = {}  # finished counts by configuration
+    self._sizes = self._result_sizes(model, images[:1])  # per layer: per-image result size
+    self._cache = jnp.zeros((n_pad, max(self._sizes)), jnp.float32)  # [N', width]
+    self.cut = None  # no cut recorded yet
+    self._network = jax.jit(self._network_impl)
     self._count_fn = jax.jit(self._count)
-    self._record_fn = jax.jit(self._record)
+    self._record_fn = jax.jit(self._record, donate_argnums=(2,))
 
-  # -- the interceptor that skips the layers before the cut -----------------------------------
+  # -- the network with injectable layer results -------------------------------------------
 
-  def _interceptor(self, cut, kind, stop, cache, recorded) -> Callable:
-    """Swaps each layer's primitive for one that skips, injects from `cache` or computes.
-
-    Entered outside `quantized_apply`'s interceptor, so the quantizing primitive calls this one
-    with the quantized operands. `cache`: [B, width] of this batch. `recorded[k]`: (input, result)
-    of layer k, for `_record`.
-    """
+  def _network_impl(self, variables, state, images, injections, inject):
+    """(every layer's computed result, logits) with layer k's result replaced by
+    `injections[k]` [B, size_k] where `inject[k]` (a traced bool; constant at each call site,
+    so XLA keeps only one of the two)."""
+    computed: list[jax.Array | None] = [None] * len(self._paths)
 
     def interceptor(next_fun, args, kwargs, context):
       module = context.module
@@ -129,26 +156,10 @@ class SuffixEvaluator:
       field = "conv_general_dilated" if isinstance(module, nn.Conv) else "dot_general"
       primitive = getattr(module, field) or getattr(jax.lax, field)
 
-      def cut_primitive(lhs, rhs, *a, **kw):
-        def compute(x):
-          return primitive(x, rhs, *a, **kw)
-
-        out = jax.eval_shape(compute, lhs)
-
-        def cached(like):  # this layer's slice of the batch's cache
-          return cache[:, :math.prod(like.shape[1:])].reshape(like.shape).astype(like.dtype)
-
-        at_cut = jnp.where(kind == INPUT, 2, 3)
-        branch = jnp.where(k < cut, 0, jnp.where(k == cut, at_cut, 1))
-        branch = jnp.where(k > stop, 0, branch)
-        y = jax.lax.switch(branch, [
-            lambda: jnp.zeros(out.shape, out.dtype),  # before the cut (or past the stop)
-            lambda: compute(lhs),  # after the cut
-            lambda: compute(cached(lhs)),  # at the cut, from its cached input
-            lambda: cached(out),  # at the cut, its cached result
-        ])
-        recorded[k] = (lhs, y)
-        return y
+      def cut_primitive(lhs, rhs, *a, **kw):  # called with the quantized operands
+        y = _slotwise(primitive, *a, **kw)(lhs, rhs)
+        computed[k] = y
+        return jnp.where(inject[k], injections[k].reshape(y.shape).astype(y.dtype), y)
 
       original = getattr(module, field)
       object.__setattr__(module, field, cut_primitive)
@@ -157,20 +168,31 @@ class SuffixEvaluator:
       finally:
         object.__setattr__(module, field, original)
 
-    return interceptor
+    # Entered outside `quantized_apply`'s interceptor, so the quantizing primitive calls
+    # `cut_primitive` with the quantized operands.
+    with nn.intercept_methods(interceptor):
+      logits = self._apply({**variables, QUANT_STATE: state}, images, train=False)
+    return computed, logits
 
-  def _logits(self, variables, quant_state, cut, kind, stop, cache, images, recorded):
-    with nn.intercept_methods(self._interceptor(cut, kind, stop, cache, recorded)):
-      return self._apply({**variables, QUANT_STATE: quant_state}, images, train=False)
+  def _from_cut(self, variables, state, images, cut: int, rows):
+    """(computed results, logits) of `images` with the cut's result replaced by `rows`."""
+    batch = images.shape[0]
+    injections = [rows if k == cut else jnp.zeros((batch, size), jnp.float32)
+                  for k, size in enumerate(self._sizes)]
+    inject = jnp.asarray(np.arange(len(self._sizes)) == cut)
+    return self._network(variables, state, images, injections, inject)
 
-  def _cache_width(self, model, image) -> int:
-    """The largest per-image input or result of any layer: the cache's width."""
-    sizes = []
+  def _result_sizes(self, model, image) -> list[int]:
+    """Per-image size of each layer's result: [L]."""
+    sizes = [0] * len(self._paths)
 
     def interceptor(next_fun, args, kwargs, context):
       out = next_fun(*args, **kwargs)
-      if context.method_name == "__call__" and isinstance(context.module, QUANTIZABLE):
-        sizes.extend([math.prod(args[0].shape[1:]), math.prod(out.shape[1:])])
+      module = context.module
+      if context.method_name == "__call__" and isinstance(module, QUANTIZABLE):
+        k = self._layers.get(module_path(module))
+        if k is not None:
+          sizes[k] = math.prod(out.shape[1:])
       return out
 
     def shapes(x):
@@ -178,153 +200,223 @@ class SuffixEvaluator:
         return model.apply(self._variables, x, train=False)
 
     jax.eval_shape(shapes, jnp.asarray(image))
-    return max(sizes)
+    return sizes
+
+  def _lane_state(self, state, cut: int, points) -> dict:
+    """`state` with the leaves of `LANE_LEAVES` around `cut` set from `points` [3, 2]."""
+    flat = traverse_util.flatten_dict(state, sep="/")
+    for row, (component, offset) in enumerate(LANE_LEAVES):
+      k = cut + offset
+      if 0 <= k < len(self._paths):
+        for j, name in enumerate(("bits", "fractional_bits")):
+          leaf = f"{self._paths[k]}/{fixedpoint.PREFIX[component]}_{name}"
+          if leaf in flat:
+            flat[leaf] = points[row, j]
+    return traverse_util.unflatten_dict(flat, sep="/")
 
   # -- the two compiled programs ---------------------------------------------------------------
 
-  def _data(self) -> tuple[jax.Array, ...]:
-    """The evaluation set, passed to the programs as arguments (not baked in as constants)."""
-    return self._images, self._labels, self._mask, self._weights
+  def _count(self, variables, state, lane_points, num_lanes, cut, max_wrong, cache, images,
+             labels):
+    """(correct, wrong, finished) per lane [MAX_LANES], counting from cut `cut` (+1: a branch).
 
-  def _count(self, variables, quant_state, cut, kind, cache, max_wrong, data):
-    """(correct, wrong, fingerprint, finished) of the batches counted before `max_wrong` passed."""
+    `lane_points` [MAX_LANES, 3, 2]: each lane's points (`LANE_LEAVES`); lanes from `num_lanes`
+    on are unused. A lane stops once it has more than `max_wrong` wrong predictions.
+    """
     self.num_traces += 1  # runs only while tracing
-    images, labels, masks, weights = data
-    num_batches = images.shape[0]
+    n, slots = self.count, self._slots
+    per_slot = self._rows // slots
+
+    def branch(c):
+      def logits(slot_points, index):  # [S, 3, 2], [S, R/S] -> [S, R/S, num_classes]
+        def one(points, rows, x):
+          return self._from_cut(variables, self._lane_state(state, c, points), x, c, rows)[1]
+
+        rows = cache[index, :self._sizes[c]] if c != IMAGES else jnp.zeros(index.shape + (0,))
+        return jax.vmap(one)(slot_points, rows, images[index])
+
+      return logits
 
     def body(carry):
-      b, correct, wrong, fingerprint = carry
-      logits = self._logits(variables, quant_state, cut, kind, self._num_layers, cache[b],
-                            images[b], {})  # [B, num_classes]
-      predicted = jnp.argmax(logits, -1).astype(jnp.int32)
-      mask = masks[b]
-      right = jnp.sum((predicted == labels[b]).astype(jnp.int32) * mask)
-      fingerprint += jnp.sum(predicted * weights[b] * mask)
-      return b + 1, correct + right, wrong + jnp.sum(mask) - right, fingerprint
+      position, correct, wrong, going = carry
+      # Slots to lanes still counting, in lane order, round robin; each slot takes the lane's
+      # next `per_slot` images (a lane with several slots takes consecutive chunks).
+      active = jnp.argsort(jnp.logical_not(going), stable=True)
+      live = jnp.maximum(jnp.sum(going), 1)
+      slot = jnp.arange(slots)
+      lane = active[slot % live]  # [S]
+      start = position[lane] + (slot // live) * per_slot
+      index = start[:, None] + jnp.arange(per_slot)  # [S, R/S]
+      valid = (index < n) & going[lane][:, None]
+      index = jnp.minimum(index, n - 1)
+      out = jax.lax.switch(cut, [branch(c) for c in range(IMAGES, len(self._sizes))],
+                           lane_points[lane], index)
+      right = (jnp.argmax(out, -1) == labels[index]) & valid
+      correct = correct.at[lane].add(jnp.sum(right, 1, dtype=jnp.int32))
+      wrong = wrong.at[lane].add(jnp.sum(valid & ~right, 1, dtype=jnp.int32))
+      taken = jnp.zeros(MAX_LANES, jnp.int32).at[lane].add(going[lane].astype(jnp.int32))
+      position = position + taken * per_slot
+      going = going & (position < n) & (wrong <= max_wrong)
+      return position, correct, wrong, going
 
-    def going(carry):
-      b, _, wrong, _ = carry
-      return (b < num_batches) & (wrong <= max_wrong)
+    zeros = jnp.zeros(MAX_LANES, jnp.int32)
+    start = (zeros, zeros, zeros, jnp.arange(MAX_LANES) < num_lanes)
+    position, correct, wrong, _ = jax.lax.while_loop(lambda carry: jnp.any(carry[3]), body,
+                                                     start)
+    return correct, wrong, position >= n
 
-    zero = jnp.zeros((), jnp.int32)
-    b, correct, wrong, fingerprint = jax.lax.while_loop(going, body, (zero, zero, zero, zero))
-    return correct, wrong, fingerprint, b == num_batches
-
-  def _record(self, variables, quant_state, cut, kind, cache, record_at, record_kind, images):
-    """[NB, B, width]: layer `record_at`'s input or result for every image, from the cut."""
+  def _record(self, variables, state, cache, target, images):
+    """The cache at layer `target`'s result, from the cache at `target - 1` (or the images)."""
     self.num_record_traces += 1
+    rows = self._rows
 
-    def one(b):
-      recorded: dict[int, tuple[jax.Array, jax.Array]] = {}
-      self._logits(variables, quant_state, cut, kind, record_at, cache[b], images[b], recorded)
-      batch = images.shape[1]
+    def branch(t):
+      size_in, size_out = self._sizes[t - 1] if t > 0 else 0, self._sizes[t]
 
-      def flat(t):
-        t = t.reshape(batch, -1).astype(jnp.float32)
-        return jnp.pad(t, ((0, 0), (0, self._width - t.shape[1])))
+      def record(cache):
+        def one(b):
+          x = jax.lax.dynamic_slice_in_dim(images, b * rows, rows)
+          cached = jax.lax.dynamic_slice(cache, (b * rows, 0), (rows, size_in))
+          computed, _ = self._from_cut(variables, state, x, t - 1, cached)
+          return computed[t].reshape(rows, size_out).astype(jnp.float32)
 
-      branches = [functools.partial(flat, recorded[k][j])
-                  for k in range(self._num_layers) for j in (INPUT, CONV)]
-      return jax.lax.switch(2 * record_at + record_kind, branches)
+        out = jax.lax.map(one, jnp.arange(cache.shape[0] // rows))  # [NB, R, size_out]
+        return jax.lax.dynamic_update_slice(cache, out.reshape(-1, size_out), (0, 0))
 
-    return jax.lax.map(one, jnp.arange(images.shape[0]))
+      return record
+
+    return jax.lax.switch(target, [branch(t) for t in range(len(self._sizes))], cache)
 
   # -- the interface ---------------------------------------------------------------------------
 
-  def evaluate(self, quant_state, max_wrong: int | None = None,
-               key: Any = None) -> tuple[int, int, int, bool]:
-    """(correct, wrong, fingerprint, finished) of `quant_state` from the current cut.
+  def move(self, state, cut: int) -> None:
+    """Records layer `cut`'s result under `state` (`IMAGES`: nothing to record).
 
-    Counting stops once more than `max_wrong` predictions are wrong (`finished` is then False
-    and `correct` counts only the batches seen); None counts every image. A finished count is
-    remembered under `key` (hashable, naming the configuration) for `focus`'s check.
+    From the current cut if it is upstream, else from the images; one record (about one
+    layer's work) per layer stepped over.
     """
-    self.num_calls += 1
+    if not IMAGES <= cut < len(self._sizes):
+      raise ValueError(f"cut={cut} is out of range [{IMAGES}, {len(self._sizes)})")
+    here = self.cut if self.cut is not None and self.cut < cut else IMAGES
+    for t in range(here + 1, cut + 1):
+      self._cache = self._record_fn(self._variables, state, self._cache, np.int32(t),
+                                    self._images)
+    self.cut = cut
+
+  def evaluate(self, state, lane_points: np.ndarray,
+               max_wrong: int | None = None) -> list[tuple[int, int, bool]]:
+    """(correct, wrong, finished) per candidate, counted from the current cut.
+
+    Args:
+      state: the 'quant_state' the cut was recorded under, except around the cut.
+      lane_points: [K, 3, 2] each candidate's points (`LANE_LEAVES`).
+      max_wrong: a candidate stops counting once more than this many predictions are wrong
+        (`finished` is then False and `correct` counts only the images seen); None counts all.
+    """
+    if self.cut is None:
+      raise ValueError("no cut recorded: call move() first")
     limit = self.count if max_wrong is None else max_wrong
-    cut = NO_CUT if (self.cut, self.kind) in self._full_layers else self.cut
-    correct, wrong, fingerprint, finished = jax.device_get(self._count_fn(
-        self._variables, quant_state, np.int32(cut), np.int32(self.kind), self._cache,
-        np.int32(limit), self._data()))
-    result = int(correct), int(wrong), int(fingerprint), bool(finished)
-    if finished and key is not None:
-      self._known[key] = result
-    return result
-
-  def focus(self, quant_state, layer: int, kind: int, key: Any = None) -> None:
-    """Moves the cut to `layer` (`INPUT` or `CONV`), recording from the current cut if upstream.
-
-    `quant_state` holds the current points (every layer before `layer` as it will stay); `key`
-    names them, so a count `evaluate` remembered serves as the check's reference.
-    """
-    if (layer, kind) == (self.cut, self.kind):
-      return
-    before = self._known.get(key) if key is not None else None
-    if before is None:
-      before = self.evaluate(quant_state)
-    upstream = self.cut < layer or (self.cut == layer and (self.kind, kind) == (INPUT, CONV))
-    cut, cut_kind = (self.cut, self.kind) if upstream else (NO_CUT, INPUT)
-    self._cache = self._record_fn(self._variables, quant_state, np.int32(cut),
-                                  np.int32(cut_kind), self._cache, np.int32(layer),
-                                  np.int32(kind), self._images)
-    self.cut, self.kind = layer, kind
-    after = self.evaluate(quant_state, key=key)
-    if after != before:
-      logging.warning("suffix evaluation: layer %d is not reached through the previous layers "
-                      "alone (%s from the cut, %s in full); it is evaluated in full", layer,
-                      after[:3], before[:3])
-      self._full_layers.add((layer, kind))
-      if key is not None:
-        self._known[key] = before
+    out = []
+    for i in range(0, len(lane_points), MAX_LANES):
+      chunk = np.asarray(lane_points[i:i + MAX_LANES], np.float32)
+      lanes = np.zeros((MAX_LANES, 3, 2), np.float32)
+      lanes[:len(chunk)] = chunk
+      self.num_calls += 1
+      correct, wrong, finished = jax.device_get(self._count_fn(
+          self._variables, state, lanes, np.int32(len(chunk)), np.int32(self.cut - IMAGES),
+          np.int32(limit), self._cache, self._images, self._labels))
+      out += [(int(c), int(w), bool(f)) for c, w, f in
+              zip(correct, wrong, finished, strict=True)][:len(chunk)]
+    return out
 
 
 class PointAccuracy:
-  """The search's view of a `SuffixEvaluator`: `accuracy(points, passing)`, `focus(points, key)`.
+  """The search's view of a `SuffixEvaluator`: accuracies of configurations of `Point`s.
 
-  Points are `fixedpoint.Point`s by (layer path, component), as `fixedpoint.search` passes them.
+  `focus(points, key)` moves the cut to suit `key` = (layer path, component); then
+  `accuracies(configurations, passing)` counts configurations that differ from `points` only
+  in that tensor (or the others around the cut, `LANE_LEAVES`) together.
+
+  Args:
+    evaluator: the suffix evaluator.
+    base: 'quant_state' of the plan; the points overwrite its bits and F.
+    layer_paths: the plan's layers in call order.
+    stop_early: pass `passing` on as a limit of wrong predictions (else every image counts).
   """
 
   def __init__(self, evaluator: SuffixEvaluator, base: dict[str, Any],
-               layer_paths: Sequence[str]):
+               layer_paths: Sequence[str], *, stop_early: bool = True):
     self.evaluator = evaluator
-    self._base = base  # 'quant_state' of the plan; the points overwrite its bits and F
+    self._base = base
     self._index = {path: i for i, path in enumerate(layer_paths)}
+    self._paths = list(layer_paths)
+    self._stop_early = stop_early
+    self._recorded: dict[tuple[str, str], fixedpoint.Point] | None = None  # under the cut
 
   @classmethod
   def build(cls, model: nn.Module, plan: QuantPlan, layer_paths: Sequence[str],
             variables: dict[str, Any], base: dict[str, Any], images: np.ndarray,
-            labels: np.ndarray, *, batch_size: int) -> PointAccuracy:
-    """Over the images ordered by the float network's margin, misclassified and closest first."""
+            labels: np.ndarray, *, batch_size: int, stop_early: bool = True,
+            **options) -> PointAccuracy:
+    """Over the images ordered by the float network's margin, misclassified and closest first.
+
+    `options` go to `SuffixEvaluator` (`rows`, `slots`).
+    """
     margins = float_margins(model, variables, images, labels, batch_size)
     order = np.argsort(margins, kind="stable")
     return cls(SuffixEvaluator(model, plan, layer_paths, variables, images, labels,
-                               batch_size=batch_size, order=order), base, layer_paths)
+                               order=order, **options), base, layer_paths,
+               stop_early=stop_early)
 
   @property
   def num_traces(self) -> int:
     return self.evaluator.num_traces
 
-  def accuracy(self, points, passing: Callable[[float], bool] | None = None) -> float:
-    """The accuracy at `points`; with `passing`, any failing accuracy once it cannot pass."""
+  def focus(self, points: Mapping[tuple[str, str], fixedpoint.Point],
+            key: tuple[str, str]) -> None:
+    """Moves the cut to the result of the layer before `key`'s (weights; `IMAGES` for the
+    first layer) or of `key`'s own layer (bias, output)."""
+    path, component = key
+    cut = self._index[path] - (component == "weight")
+    self.evaluator.move(fixedpoint.quant_state(self._base, points), cut)
+    self._recorded = dict(points)
+
+  def accuracies(self, configurations: Sequence[Mapping[tuple[str, str], fixedpoint.Point]],
+                 passing: Callable[[float], bool] | None = None) -> list[float]:
+    """The accuracy of each configuration; with `passing` (and `stop_early`), any failing
+    accuracy for one that cannot pass."""
+    if self._recorded is None:  # nothing chosen yet: count from the images
+      self.focus(configurations[0], (self._paths[0], "weight"))
+    cut = self.evaluator.cut
+    lane_keys = [(self._paths[cut + offset], component) if 0 <= cut + offset < len(self._paths)
+                 else None for component, offset in LANE_LEAVES]
+    first = configurations[0]
+    upstream = [key for key in first if self._index[key[0]] < cut or (
+        self._index[key[0]] == cut and key[1] == "weight")]
+    self._check(first, upstream, self._recorded, "the cut was recorded with")
+    others = [key for key in first if key not in lane_keys]
+    rows = []
+    for config in configurations:
+      self._check(config, others, first, "the first configuration has")
+      rows.append([[config[key].bits, config[key].frac] if key in config else [0, 0]
+                   for key in lane_keys])
     n = self.evaluator.count
     max_wrong = None
-    if passing is not None:  # the fewest correct predictions that pass, by bisection
+    if passing is not None and self._stop_early:  # the fewest correct that pass, by bisection
       lo, hi = 0, n + 1
       while lo < hi:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if passing(mid / n) else (mid + 1, hi)
       max_wrong = n - lo  # -1 when nothing passes
-    correct, wrong, _, finished = self.evaluator.evaluate(
-        fixedpoint.quant_state(self._base, points), max_wrong, key=_key(points))
+    state = fixedpoint.quant_state(self._base, first)
+    counts = self.evaluator.evaluate(state, np.asarray(rows, np.float32), max_wrong)
     # Stopped early: at most n - wrong correct, fewer than pass; a failing accuracy all the same.
-    return correct / n if finished else (n - wrong) / n
+    return [correct / n if finished else (n - wrong) / n for correct, wrong, finished in counts]
 
-  def focus(self, points, key: tuple[str, str]) -> None:
-    """Moves the cut to the layer of `key`: its input for weights, its result for bias/output."""
-    path, component = key
-    kind = INPUT if component == "weight" else CONV
-    self.evaluator.focus(fixedpoint.quant_state(self._base, points), self._index[path], kind,
-                         key=_key(points))
-
-
-def _key(points) -> tuple:
-  return tuple(sorted(points.items()))
+  @staticmethod
+  def _check(config, keys, reference, what: str) -> None:
+    """Raises unless `config` equals `reference` at every key of `keys`."""
+    for key in keys:
+      if config.get(key) != reference.get(key):
+        raise ValueError(f"{key} is {config.get(key)}, but {what} {reference.get(key)}: only "
+                         "the tensors around the cut may differ (focus() on the tensor first)")

@@ -33,15 +33,24 @@ def test_start_point_does_not_clip():
 
 
 def _table_search(table, start, allowed, tradeoff=0.0015, **options):
-  """search_point on a dict {(b, F): accuracy}; unknown points are useless (accuracy 0)."""
-  calls = []
+  """search_point on a dict {(b, F): accuracy}; unknown points are useless (accuracy 0).
 
-  def evaluate(p):
-    calls.append(p)
-    return table.get((p.bits, p.frac), 0.0)
+  Also searches with `lookahead` (each step's points in one call) and checks the same choice.
+  """
+  calls, batches = [], []
 
-  chosen, acc = fixedpoint.search_point(evaluate, start, acc_fp=1.0, allowed=allowed,
-                                        tradeoff=tradeoff, **options)
+  def evaluate(points, log):
+    log.extend(points)
+    return [table.get((p.bits, p.frac), 0.0) for p in points]
+
+  chosen, acc = fixedpoint.search_point(lambda ps: evaluate(ps, calls), start, acc_fp=1.0,
+                                        allowed=allowed, tradeoff=tradeoff, **options)
+  ahead = fixedpoint.search_point(lambda ps: batches.append(ps) or evaluate(ps, []), start,
+                                  acc_fp=1.0, allowed=allowed, tradeoff=tradeoff,
+                                  lookahead=True, **options)
+  assert ahead == (chosen, acc)
+  assert set(calls) <= {p for batch in batches for p in batch}  # it read nothing else
+  assert len(batches) <= 4  # diagonal, widths, neighbourhood (+4 bits)
   return chosen, acc, calls
 
 
@@ -155,8 +164,9 @@ def test_tiny_model_search_matches_brute_force_and_compiles_once(tiny):
   kernel = variables["params"]["fc"]["kernel"]
   max_abs = {("fc", "weight"): float(jnp.max(jnp.abs(kernel)))}
 
-  def accuracy(points):
-    return evaluator({**variables, "quant_state": fixedpoint.quant_state(base, points)})
+  def accuracy(configurations):
+    return [evaluator({**variables, "quant_state": fixedpoint.quant_state(base, points)})
+            for points in configurations]
 
   threshold = 0.02
   # With the neighbourhood trade-off switched off (no accuracy pays for a bit), the search's
@@ -165,7 +175,7 @@ def test_tiny_model_search_matches_brute_force_and_compiles_once(tiny):
                              tradeoff=1.0)
   chosen = result.points[("fc", "weight")]
   within = [(b, f) for b, f in itertools.product(range(1, 13), range(-4, 16))
-            if 1.0 - accuracy({("fc", "weight"): Point(b, f)}) <= threshold]
+            if 1.0 - accuracy([{("fc", "weight"): Point(b, f)}])[0] <= threshold]
   fewest = min(b for b, _ in within)
   assert chosen.bits == fewest, (chosen, sorted(within)[:5])
   assert 1.0 - result.accuracy <= threshold

@@ -1,4 +1,4 @@
-"""The suffix evaluator: the same counts and the same search choices as a full evaluation."""
+"""The suffix evaluator: the counts of a full evaluation, and the plain search's choices."""
 
 import flax.linen as nn
 import jax
@@ -6,16 +6,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import ptq_fixedpoint
 from quantjax import intercept
-from quantjax.ptq import fixedpoint, suffix
+from quantjax.ptq import calibration, fixedpoint, suffix
 from quantjax.ptq.evaluator import Evaluator
 from quantjax.ptq.fixedpoint import Point
+from quantjax.ptq.run import SPEEDUPS as ALL_SPEEDUPS
+from quantjax.ptq.run import search_fixed_point
+from quantjax.train import experiment
 
 
 class Chain(nn.Module):
   """Conv -> ReLU -> Conv -> ReLU -> Dense -> ReLU -> Dense: every layer fed by the previous."""
 
-  residual: bool = False  # add conv1's output to conv2's: conv2's cut skips a live tensor
+  residual: bool = False  # add conv1's output to conv2's: a skip connection around conv2
 
   @nn.compact
   def __call__(self, x, train: bool):  # x: [B, 6, 6, 1]
@@ -66,63 +70,133 @@ def _setup(residual=False, n=200):
   return model, plan, variables, base, x, labels, max_abs, paths
 
 
-@pytest.fixture(scope="module")
-def chain():
-  """The plain and the fast search on the chain model, and their evaluators."""
-  model, plan, variables, base, x, labels, max_abs, paths = _setup()
+SPEEDUPS = [("suffix",), ("suffix", "stop_early"), ("suffix", "stop_early", "lookahead")]
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["chain", "residual"])
+def searches(request):
+  """The plain search and the search with each speed-up added in turn, on the chain model and
+  on the same with a skip connection around conv2."""
+  model, plan, variables, base, x, labels, max_abs, paths = _setup(residual=request.param)
   plain = Evaluator(model, plan, x, labels, batch_size=50)
 
-  def accuracy(points):
-    return plain({**variables, "quant_state": fixedpoint.quant_state(base, points)})
+  def accuracy(configurations):
+    return [plain({**variables, "quant_state": fixedpoint.quant_state(base, points)})
+            for points in configurations]
 
   acc_fp = Evaluator(model, None, x, labels, batch_size=50)(variables)
   options = {"acc_fp": acc_fp, "threshold": 0.03, "start_bits": {"weight": 10, "bias": 8,
                                                                   "output": 10}}
   slow = fixedpoint.search(accuracy, max_abs, paths, **options)
-  fast = suffix.PointAccuracy.build(model, plan, paths, variables, base, x, labels,
-                                    batch_size=50)
-  quick = fixedpoint.search(fast.accuracy, max_abs, paths, focus=fast.focus, stop_early=True,
-                            **options)
-  return slow, quick, fast, plain, (variables, base, x, paths)
+  fast = {}
+  for speedups in SPEEDUPS:
+    evaluator = suffix.PointAccuracy.build(model, plan, paths, variables, base, x, labels,
+                                           batch_size=50, stop_early="stop_early" in speedups,
+                                           rows=40, slots=4)
+    result = fixedpoint.search(evaluator.accuracies, max_abs, paths, focus=evaluator.focus,
+                               stop_early="stop_early" in speedups,
+                               lookahead="lookahead" in speedups, **options)
+    fast[speedups] = (result, evaluator)
+  return slow, fast, plain
 
 
-def test_fast_search_makes_the_plain_searchs_choices(chain):
-  slow, quick, fast, plain, _ = chain
+@pytest.mark.parametrize("speedups", SPEEDUPS, ids=["+".join(s) for s in SPEEDUPS])
+def test_each_speedup_makes_the_plain_searchs_choices(searches, speedups):
+  slow, fast, plain = searches
+  quick, evaluator = fast[speedups]
   assert quick.points == slow.points
   assert quick.accuracy == slow.accuracy
   assert [r["accuracy"] for r in quick.history] == [r["accuracy"] for r in slow.history]
-  assert quick.num_evaluations >= slow.num_evaluations  # plus the exact re-counts, if any
   # The landscape is not trivial: widths fall far below the start (10 and 8 bits).
   assert min(p.bits for p in slow.points.values()) <= 2
   assert max(p.bits for p in slow.points.values()) >= 6
-  assert fast.num_traces == 1 and fast.evaluator.num_record_traces == 1
+  assert evaluator.num_traces == 1 and evaluator.evaluator.num_record_traces == 1
   assert plain.num_traces == 1
-  assert not fast.evaluator._full_layers  # a chain: every cut is valid  # noqa: SLF001
+  if "lookahead" in speedups:  # a step's points in one call: far fewer calls than points
+    assert evaluator.evaluator.num_calls < quick.num_evaluations / 3
+  else:  # the same points, one per call (plus the exact re-counts of early-stopped ones)
+    assert quick.num_evaluations >= slow.num_evaluations
+    assert evaluator.evaluator.num_calls == quick.num_evaluations
 
 
-def test_counts_from_a_cut_equal_full_counts_and_stop_early(chain):
-  _, _, fast, plain, (variables, base, x, paths) = chain
-  fast = fast.evaluator
-  coarse = {(p, c): Point(3, 2) for p in paths for c in ("weight", "output")}
-  state = fixedpoint.quant_state(base, coarse)
-  expected = round(plain({**variables, "quant_state": state}) * len(x))
-  for layer, kind in [(0, suffix.CONV), (1, suffix.INPUT), (2, suffix.CONV), (3, suffix.INPUT),
-                      (3, suffix.CONV)]:
-    fast.focus(state, layer, kind)
-    correct, wrong, _, finished = fast.evaluate(state)
-    assert (correct, wrong, finished) == (expected, len(x) - expected, True), (layer, kind)
-  # Stopping: more than 2 wrong predictions in the first batch of 50 ends the count there.
-  correct, wrong, _, finished = fast.evaluate(state, max_wrong=2)
-  assert not finished and wrong > 2 and correct + wrong == 50
-  assert fast.num_traces == 1
-
-
-def test_a_skip_connection_around_the_cut_falls_back_to_full_evaluation():
-  model, plan, variables, base, x, labels, _, paths = _setup(residual=True)
+@pytest.mark.parametrize("residual", [False, True], ids=["chain", "residual"])
+def test_counts_from_every_cut_equal_full_counts(residual):
+  model, plan, variables, base, x, labels, _, paths = _setup(residual=residual)
   plain = Evaluator(model, plan, x, labels, batch_size=50)
-  fast = suffix.SuffixEvaluator(model, plan, paths, variables, x, labels, batch_size=50)
-  state = fixedpoint.quant_state(base, {(p, "weight"): Point(4, 3) for p in paths})
-  expected = round(plain({**variables, "quant_state": state}) * len(x))
-  fast.focus(state, 1, suffix.INPUT)  # conv1's output also skips to fc1: the cut is refused
-  assert fast._full_layers == {(1, suffix.INPUT)}  # noqa: SLF001
-  assert fast.evaluate(state)[:2] == (expected, len(x) - expected)
+  fast = suffix.SuffixEvaluator(model, plan, paths, variables, x, labels, rows=40, slots=4)
+  coarse = {(p, c): Point(3, 2) for p in paths for c in fixedpoint.COMPONENTS}
+  state = fixedpoint.quant_state(base, coarse)
+  # Lanes: the tensors around the cut at other points (LANE_LEAVES: the next layer's weights,
+  # this layer's bias and output), one lane each, plus the state itself.
+  lanes = np.asarray([[[3, 2], [3, 2], [3, 2]], [[2, 1], [3, 2], [3, 2]],
+                      [[3, 2], [1, 0], [3, 2]], [[3, 2], [3, 2], [4, 1]],
+                      [[5, 4], [2, 3], [2, 0]]], np.float32)
+  for cut in [suffix.IMAGES, 0, 1, 2, 3, 1, 2]:  # forward, then back to an earlier cut
+    fast.move(state, cut)
+    expected = []
+    for lane in lanes:
+      points = dict(coarse)
+      for (component, offset), (bits, frac) in zip(suffix.LANE_LEAVES, lane, strict=True):
+        if 0 <= cut + offset < len(paths):
+          points[(paths[cut + offset], component)] = Point(int(bits), int(frac))
+      state_lane = fixedpoint.quant_state(base, points)
+      expected.append(round(plain({**variables, "quant_state": state_lane}) * len(x)))
+    counts = fast.evaluate(state, lanes)
+    assert [(c, w, f) for c, w, f in counts] == [(e, len(x) - e, True) for e in expected], cut
+    assert [fast.evaluate(state, lane[None])[0] for lane in lanes] == counts  # one at a time
+  # Stopping: a lane stops once it has more than 2 wrong predictions, the others count on.
+  counts = fast.evaluate(state, lanes, max_wrong=2)
+  for (correct, wrong, finished), e in zip(counts, expected, strict=True):
+    assert finished == (len(x) - e <= 2)
+    assert (correct, wrong) == (e, len(x) - e) if finished else wrong > 2
+  assert fast.num_traces == 1 and fast.num_record_traces == 1
+
+
+def test_candidates_must_share_everything_upstream_of_the_cut():
+  model, plan, variables, base, x, labels, max_abs, paths = _setup()
+  evaluator = suffix.PointAccuracy.build(model, plan, paths, variables, base, x, labels,
+                                         batch_size=50, rows=40, slots=4)
+  points = {key: fixedpoint.start_point(m, 8) for key, m in max_abs.items()}
+  evaluator.focus(points, ("fc1", "bias"))  # cut: fc1's result
+  changed = {**points, ("fc1", "output"): Point(3, 1), ("fc2", "weight"): Point(3, 2)}
+  assert len(evaluator.accuracies([points, changed])) == 2  # the tensors around the cut
+  with pytest.raises(ValueError, match="conv2"):
+    evaluator.accuracies([{**points, ("conv2", "output"): Point(3, 1)}])
+  with pytest.raises(ValueError, match="fc2"):  # downstream: it must equal the first
+    evaluator.accuracies([points, {**points, ("fc2", "bias"): Point(2, 1)}])
+
+
+@pytest.fixture(scope="module")
+def sequential(data_dir):
+  """The Sequential net (narrowed, random weights) on mnist5k's validation digits."""
+  config = ptq_fixedpoint.get_config()
+  config.model = "sequential"
+  config.model_kwargs.narrow, config.model_kwargs.wide = 4, 8  # 14 convs, cheap ones
+  config.data_dir = data_dir
+  config.eval_batch_size = 100
+  config.ptq.criterion = "agreement"  # scores against the float network's own predictions
+  config.ptq.threshold = 0.02
+  config.ptq.start_bits.weight, config.ptq.start_bits.bias, config.ptq.start_bits.output = 5, 3, 5
+  exp = experiment.build(config, quantized=False, training=False)
+  images, labels = calibration.split_arrays(exp.dataset, "validation", batch_size=100,
+                                            num_batches=1)
+  variables = exp.model.init(jax.random.key(0), jnp.asarray(images[:2]), train=False)
+  records = calibration.record_layers(exp.model, variables, images[:100])
+  return exp, variables, records, images, labels, config.ptq
+
+
+def test_fast_search_makes_the_plain_searchs_choices_on_the_sequential_net(sequential):
+  exp, variables, records, images, labels, ptq = sequential
+  reports = {}
+  for speedups in [(), ALL_SPEEDUPS]:
+    rules, report = search_fixed_point(exp, variables, records, images, labels, 1.0, ptq,
+                                       speedups=speedups)
+    reports[speedups] = (rules, report)
+  (plain_rules, plain), (fast_rules, fast) = reports[()], reports[ALL_SPEEDUPS]
+  assert fast_rules == plain_rules
+  assert [(r["bits"], r["frac"], r["accuracy"]) for r in fast["history"]] == [
+      (r["bits"], r["frac"], r["accuracy"]) for r in plain["history"]]
+  assert len(plain["history"]) == 45  # 15 layers x (weights, bias, output)
+  assert len({(r["bits"], r["frac"]) for r in plain["history"]}) > 5  # not one point for all
+  assert fast["compilations"] == 1 and fast["record_compilations"] == 1
+  assert fast["program_calls"] < plain["program_calls"] / 3

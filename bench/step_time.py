@@ -137,7 +137,8 @@ def main(argv):
       run[1] = state
   # Ratios taken within each repetition (the variants ran back to back), then their median and
   # interquartile range: the spread of the ratio, not of the machine's speed.
-  ratios = {name: [t / f for t, f in zip(ts, times["float"], strict=True)] for name, ts in times.items()}
+  ratios = {name: [t / f for t, f in zip(ts, times["float"], strict=True)]
+            for name, ts in times.items()}
 
   def spread(xs: list[float]) -> tuple[float, float]:
     if len(xs) < 4:

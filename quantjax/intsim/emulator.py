@@ -4,10 +4,13 @@ Every node's arithmetic is integer (see quantjax.export.graph for the node seman
 a conv/dense layer is exact: the operands are the decoded integer values (int8 where they fit,
 else int16/int32) with `preferred_element_type=int32`, an int64 path where the bound
 `K·max|a|·max|w|` reaches 2^31, or float32 where that bound is below 2^24 (`Accelerator.mac`).
-The accumulator model (width, saturate or wrap, overflow count) and the requantization (int64
-`r·m + o`, right shift with the run's rounding mode, or, onto non-uniform levels, the integer
-thresholds on `r` that `m`, `shift`, `o` and the level table imply for that rounding mode,
-computed once per graph) follow; requantization runs in int64 (jax x64 is enabled inside the
+An integer convolution runs as `lax.conv_general_dilated` where the backend lowers integer
+convolutions (CPU, TPU), else as its patches times an integer matrix product (`conv='patches'`;
+XLA's GPU backend lowers only cuDNN's int8 convolutions with an s8 or f32 result); both give the
+same integers. The accumulator model (width, saturate or wrap, overflow count) and the
+requantization (int64 `r·m + o`, right shift with the run's rounding mode, or, onto non-uniform
+levels, the integer thresholds on `r` that `m`, `shift`, `o` and the level table imply for that
+rounding mode, computed once per graph) follow; requantization runs in int64 (jax x64 is enabled inside the
 emulator only).
 """
 
@@ -100,9 +103,11 @@ def mac_bound(graph: Graph, node: dict[str, Any], ranges, weights: np.ndarray) -
 class Emulator:
   """A jitted integer run of `graph` on uint8 images under one `Accelerator` model."""
 
-  def __init__(self, graph: Graph, accel: Accelerator | None = None):
+  def __init__(self, graph: Graph, accel: Accelerator | None = None, conv: str = "auto"):
+    """`conv`: how integer convolutions run (`conv_lowering`); the integers are the same."""
     self.graph = graph
     self.accel = accel or Accelerator()
+    self.conv = conv_lowering(conv)
     self.ranges = value_ranges(graph)
     self.plan: dict[str, dict[str, Any]] = {}
     consts: dict[str, Any] = {}
@@ -115,6 +120,8 @@ class Emulator:
           lo, hi = decoded_range(graph, n, self.ranges)
           path = self._mac_path(bound)
           self.plan[out] = {"bound": bound, "path": path}
+          if n["op"] == "conv" and path != "f32":
+            self.plan[out]["conv"] = self.conv
           if path == "f32":
             consts[f"{out}.w"] = jnp.asarray(w, jnp.float32)
           elif path == "int":
@@ -207,7 +214,34 @@ def _accumulate(s, accel: Accelerator):
   return stored.astype(jnp.int32), over, max_abs
 
 
-def _mac(x, w, node, path, dtype):
+CONV_LOWERINGS = ("auto", "lax", "patches")
+
+
+def conv_lowering(conv: str = "auto", backend: str | None = None) -> str:
+  """How integer convolutions run: 'lax' or 'patches' ('auto': 'patches' on a GPU backend)."""
+  if conv not in CONV_LOWERINGS:
+    raise ValueError(f"unknown conv lowering {conv!r}; valid: {', '.join(CONV_LOWERINGS)}")
+  if conv != "auto":
+    return conv
+  return "patches" if (backend or jax.default_backend()) in ("gpu", "cuda", "rocm") else "lax"
+
+
+def conv_patches(a, w, strides, padding, preferred_element_type=None):
+  """`conv_general_dilated(a, w, strides, padding)` (NHWC, HWIO, no dilation or groups) as the
+  input's patches times the kernel as a matrix: one integer `dot_general`, exact like the conv."""
+  kh, kw, c, o = w.shape
+  a = jnp.pad(a, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  sh, sw = strides
+  ho, wo = (a.shape[1] - kh) // sh + 1, (a.shape[2] - kw) // sw + 1
+  taps = [jax.lax.slice(a, (0, i, j, 0), (a.shape[0], i + (ho - 1) * sh + 1,
+                                          j + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
+          for i in range(kh) for j in range(kw)]  # (i, j, c) order, as HWIO flattens
+  patches = jnp.concatenate(taps, axis=-1)
+  return jax.lax.dot_general(patches, w.reshape(kh * kw * c, o), (((3,), (0,)), ((), ())),
+                             preferred_element_type=preferred_element_type)
+
+
+def _mac(x, w, node, path, dtype, conv):
   if path == "f32":
     a, w_ = x.astype(jnp.float32), w
     pref = None
@@ -217,7 +251,9 @@ def _mac(x, w, node, path, dtype):
   else:
     a, w_ = x.astype(jnp.int64), w
     pref = jnp.int64
-  if node["op"] == "conv":
+  if node["op"] == "conv" and conv == "patches" and path != "f32":
+    y = conv_patches(a, w_, tuple(node["strides"]), node["padding"], pref)
+  elif node["op"] == "conv":
     y = jax.lax.conv_general_dilated(
         a, w_, tuple(node["strides"]), [tuple(p) for p in node["padding"]],
         dimension_numbers=_DN, preferred_element_type=pref)
@@ -240,7 +276,7 @@ def _run(consts, images, *, graph, plan, accel: Accelerator):
     elif op in ("conv", "dense"):
       x = _decode(env[n["in"]], n["decode"], consts)
       p = plan[out]
-      y = _mac(x, c("w"), n, p["path"], p.get("dtype"))
+      y = _mac(x, c("w"), n, p["path"], p.get("dtype"), p.get("conv"))
       s = y * c("sign") + c("bias")
       env[out], over, max_abs = _accumulate(s, accel)
       stats[n["name"]] = {"overflows": over, "max_abs": max_abs}

@@ -1,18 +1,20 @@
 """The jax.lax emulator against the independent NumPy int64 reference, bit for bit."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from quantjax.export import export_run
 from quantjax.export.graph import Builder
 from quantjax.intsim import Accelerator, Emulator
-from quantjax.intsim.emulator import _round_shift
+from quantjax.intsim.emulator import _round_shift, conv_lowering, conv_patches
 from tests.intsim import reference
 from tests.intsim.conftest import FAMILIES, fake_quant_logits
 
 
-def _check_bit_exact(graph, images, **accel):
-  out, stats = Emulator(graph, Accelerator(**accel))(images)
+def _check_bit_exact(graph, images, conv="auto", **accel):
+  out, stats = Emulator(graph, Accelerator(**accel), conv=conv)(images)
   ref, ref_over, ref_max = reference.run(graph, images, **{k: v for k, v in accel.items()
                                                            if k != "mac"})
   np.testing.assert_array_equal(out, ref)
@@ -66,6 +68,54 @@ def test_mac_paths_agree(quantized_run):
   np.testing.assert_array_equal(outs[0], outs[1])
   np.testing.assert_array_equal(outs[0], outs[2])
   assert Emulator(graph, Accelerator(mac="int")).plan[graph.layers()[1]["out"]]["path"] == "int"
+
+
+@pytest.mark.parametrize("strides,padding", [
+    ((1, 1), ((0, 0), (0, 0))), ((1, 1), ((2, 2), (2, 2))), ((2, 2), ((0, 1), (0, 1))),
+    ((2, 1), ((1, 0), (2, 1)))])
+@pytest.mark.parametrize("dtype,pref", [(np.int8, np.int32), (np.int64, np.int64)])
+def test_conv_patches_is_the_integer_conv(strides, padding, dtype, pref):
+  rng = np.random.default_rng(0)
+  a = rng.integers(-128, 128, (3, 9, 8, 5)).astype(dtype)
+  w = rng.integers(-128, 128, (3, 4, 5, 7)).astype(dtype)
+  with jax.enable_x64(True):  # as inside the emulator
+    got = np.asarray(conv_patches(jnp.asarray(a), jnp.asarray(w), strides, padding, pref))
+    lax = np.asarray(jax.lax.conv_general_dilated(
+        jnp.asarray(a), jnp.asarray(w), strides, padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=pref))
+  # An independent NumPy loop: every output position's window times the kernel, in int64.
+  ap = np.pad(a.astype(np.int64), ((0, 0), padding[0], padding[1], (0, 0)))
+  ho, wo = (ap.shape[1] - 3) // strides[0] + 1, (ap.shape[2] - 4) // strides[1] + 1
+  want = np.zeros((3, ho, wo, 7), np.int64)
+  for y in range(ho):
+    for x in range(wo):
+      win = ap[:, y * strides[0]:y * strides[0] + 3, x * strides[1]:x * strides[1] + 4]
+      want[:, y, x] = np.tensordot(win, w.astype(np.int64), axes=3)
+  assert got.dtype == pref
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(got, lax)
+
+
+def test_conv_lowering_by_backend():
+  assert conv_lowering("auto", "gpu") == "patches" and conv_lowering("auto", "cpu") == "lax"
+  assert conv_lowering("lax", "gpu") == "lax"
+  with pytest.raises(ValueError, match="valid: auto, lax, patches"):
+    conv_lowering("im2col")
+
+
+@pytest.mark.parametrize("mac", ["int", "f32"])
+def test_patches_lowering_bit_exact_with_strides_and_residuals(quantized_run, mac):
+  # mac='int': every conv runs as patches x integer matrix (as on a GPU); 'f32' keeps lax convs.
+  exp, variables, images, _ = quantized_run("resnet20", "uniform4")
+  graph = export_run(exp, variables)
+  emulator = Emulator(graph, Accelerator(mac=mac), conv="patches")
+  convs = [emulator.plan[n["out"]] for n in graph.layers() if n["op"] == "conv"]
+  assert all(p.get("conv") == ("patches" if mac == "int" else None) for p in convs)
+  assert any(n["strides"] != [1, 1] and n["strides"] != (1, 1)
+             for n in graph.layers() if n["op"] == "conv")
+  out, _ = _check_bit_exact(graph, images[:2], conv="patches", mac=mac)
+  np.testing.assert_array_equal(out, Emulator(graph, Accelerator(mac=mac), conv="lax")(
+      images[:2])[0])
 
 
 def test_narrow_accumulator_overflows_saturate_vs_wrap(quantized_run):

@@ -10,8 +10,8 @@ XLA's GPU backend lowers only cuDNN's int8 convolutions with an s8 or f32 result
 same integers. The accumulator model (width, saturate or wrap, overflow count) and the
 requantization (int64 `r·m + o`, right shift with the run's rounding mode, or, onto non-uniform
 levels, the integer thresholds on `r` that `m`, `shift`, `o` and the level table imply for that
-rounding mode, computed once per graph) follow; requantization runs in int64 (jax x64 is enabled inside the
-emulator only).
+rounding mode, computed once per graph) follow; requantization runs in int64 (jax x64 is enabled
+inside the emulator only).
 """
 
 from __future__ import annotations

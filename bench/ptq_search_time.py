@@ -17,7 +17,9 @@ speed-ups of `quantjax.ptq.suffix` added in turn:
   the same points, one by one);
 - `+suffix`: only the network after the cut, from the cached tensor, every image counted;
 - `+stop_early`: a candidate stops counting once it cannot pass its budget;
-- `+lookahead`: a step's candidates counted together (lanes, `vmap` over slots).
+- `+lookahead`: a step's candidates counted together (lanes, `vmap` over slots);
+- `+dedupe`: a weight or bias point that quantizes its tensor exactly as one already evaluated
+  did is not evaluated again.
 
 Each row's choices (b, F per tensor) are compared with the plain search's (on the tensors it
 searched) and with the previous row's (all 45). Wall time on a shared machine moves with its
@@ -53,7 +55,7 @@ _INIT_FROM = flags.DEFINE_string("init_from", "runs/ptq/float_sequential_fashion
 _TRAIN_EPOCHS = flags.DEFINE_float("train_epochs", 2.0, "Epochs of that brief float run.")
 _PLAIN_TENSORS = flags.DEFINE_integer("plain_tensors", 3,
                                       "Tensors the plain search runs (0: all 45, over an hour).")
-_ROWS = flags.DEFINE_list("rows", ["plain", "suffix", "stop_early", "lookahead"],
+_ROWS = flags.DEFINE_list("rows", ["plain", *SPEEDUPS],
                           "Rows to run, in this order (each adds its speed-up to the last).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "results", "Where ptq_search_time.md/.json go.")
 

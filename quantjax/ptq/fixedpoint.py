@@ -29,7 +29,8 @@ failure, floor at 2 bits); the config fields `ptq.extra_diagonal_step` and `ptq.
 Candidates differ only in 'quant_state' values of the `fixed_point` quantizer, so one compiled
 evaluation serves the whole search (`quantjax.ptq.evaluator`). `quantjax.ptq.suffix` evaluates
 only the layers from the one being searched on, stops a candidate once it cannot pass, and counts
-a step's candidates together (`lookahead`); the choices stay those of the plain search.
+a step's candidates together (`lookahead`); `dedupe` skips a weight or bias point that quantizes
+the tensor as one already evaluated did. The choices stay those of the plain search.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -69,6 +70,25 @@ def start_point(max_abs: float, bits: int) -> Point:
   return Point(bits, int(fixed_point.fractional_bits_for(max_abs, bits)))
 
 
+_quantize = jax.jit(fixed_point.fixed_point_quantize)
+
+
+def identity(max_abs: float) -> Callable[[Point], Hashable]:
+  """What a point makes of a tensor whose largest |x| is exactly `max_abs`: points with equal
+  identities quantize every element identically (up to the sign of a zero), so the network
+  computes the same with either. The step `2^-F` and, if the largest value clips, `b` tell
+  them apart; points that round the whole tensor to zero are all alike."""
+  top = np.float32(max_abs)
+
+  def of(p: Point) -> Hashable:
+    at, whole = (float(_quantize(top, np.float32(b), np.float32(p.frac))) for b in (p.bits, 32))
+    if at == 0.0:
+      return "zero"
+    return (p.frac, "whole") if at == whole else (p.frac, p.bits)
+
+  return of
+
+
 def budget(component: str, i: int, num_layers: int, threshold: float) -> float:
   """The relative accuracy drop allowed once layer `i` (1-based) of `component` is fixed."""
   if component == "weight":
@@ -90,7 +110,8 @@ def search_point(evaluate: Callable[[Sequence[Point]], Sequence[float]], start: 
                  min_bits: int = MIN_BITS, max_bits: int = MAX_BITS,
                  extra_diagonal_step: bool = True,
                  log: Callable[[Point, float], None] | None = None,
-                 start_acc: float | None = None, lookahead: bool = False) -> tuple[Point, float]:
+                 start_acc: float | None = None, lookahead: bool = False,
+                 same: Callable[[Point], Hashable] | None = None) -> tuple[Point, float]:
   """One layer's component: steps (a), (b), (c) of the module docstring.
 
   Args:
@@ -108,19 +129,31 @@ def search_point(evaluate: Callable[[Sequence[Point]], Sequence[float]], start: 
     lookahead: before each step, evaluate all the points it may read in one call (the rest of
       the diagonal, the widths below, the neighbourhood), so an evaluator can count them
       together; some are never read. The choice is the same: the steps read the same points.
+    same: each point's `identity`; a point identical to one already evaluated is not evaluated
+      again (its accuracy is the same).
 
   Returns:
     (the chosen point, its accuracy).
   """
   seen: dict[Point, float] = {} if start_acc is None else {start: start_acc}
 
+  def key(p: Point) -> Hashable:
+    return p if same is None else same(p)
+
+  known = {key(p): a for p, a in seen.items()}  # accuracy by identity
+
   def fetch(points: Sequence[Point]) -> None:
-    new = [p for p in dict.fromkeys(points) if p not in seen]
+    new: dict[Hashable, Point] = {}
+    for p in points:
+      if p not in seen and key(p) not in known:
+        new.setdefault(key(p), p)
     if new:
-      for p, a in zip(new, evaluate(new), strict=True):
-        seen[p] = a
+      for p, a in zip(new.values(), evaluate(list(new.values())), strict=True):
+        known[key(p)] = a
         if log is not None:
           log(p, a)
+    for p in points:
+      seen.setdefault(p, known[key(p)])
 
   def ahead(points: Sequence[Point]) -> None:
     if lookahead:
@@ -178,7 +211,7 @@ def search(evaluate: Callable[..., Sequence[float]], max_abs: Mapping[tuple[str,
            tradeoff: float = 0.0015, start_bits: Mapping[str, int] | None = None,
            min_bits: int = MIN_BITS, extra_diagonal_step: bool = True,
            focus: Callable[[Mapping[tuple[str, str], Point], tuple[str, str]], None] | None = None,
-           stop_early: bool = False, lookahead: bool = False,
+           stop_early: bool = False, lookahead: bool = False, dedupe: bool = False,
            max_tensors: int | None = None) -> SearchResult:
   """Goyal et al.'s search over every (layer, component) in `max_abs`.
 
@@ -201,6 +234,9 @@ def search(evaluate: Callable[..., Sequence[float]], max_abs: Mapping[tuple[str,
     stop_early: pass `passing` to `evaluate` (see above). The choices are the same; a chosen point
       that fails its budget is evaluated again in full for its accuracy.
     lookahead: send each step's possible points in one call (`search_point`); same choices.
+    dedupe: evaluate a weight or bias point only if no point evaluated before quantizes the
+      tensor identically (`identity`; their `max_abs` must then be exactly max|x| of the
+      tensor); same choices.
     max_tensors: stop after this many (layer, component) searches (a bounded run, for timing).
 
   Returns:
@@ -251,9 +287,10 @@ def search(evaluate: Callable[..., Sequence[float]], max_abs: Mapping[tuple[str,
                      100 * allowed)
 
       # The start point is the configuration just chosen: its accuracy is known.
+      same = identity(max_abs[key]) if dedupe and component != "output" else None
       chosen, acc = search_point(at, start, acc_fp=acc_fp, allowed=allowed, tradeoff=tradeoff,
                                  min_bits=min_bits, extra_diagonal_step=extra_diagonal_step,
-                                 log=log, start_acc=acc, lookahead=lookahead)
+                                 log=log, start_acc=acc, lookahead=lookahead, same=same)
       points[key] = chosen
       if stop_early and not passing(acc):  # an early-stopped count: the exact one for the record
         [acc] = run([points])

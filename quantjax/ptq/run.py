@@ -39,7 +39,7 @@ from quantjax.train import checkpoint, evaluate, experiment, sharding
 from quantjax.workdir import Workdir
 
 METHODS = ("fixedpoint", "mxqn")
-SPEEDUPS = ("suffix", "stop_early", "lookahead")  # of the fixed-point search, in the order added
+SPEEDUPS = ("suffix", "stop_early", "lookahead", "dedupe")  # of the fixed-point search, in turn
 CRITERIA = ("accuracy", "agreement")
 REPORT = "ptq_report"
 
@@ -144,18 +144,19 @@ def search_fixed_point(exp, variables, records, val_images, val_labels, acc_fp, 
   float network predicts (the float network then scores 1, and every changed prediction counts as
   a loss, so the search cannot spend a lucky gain on the small validation split).
 
-  `speedups` (default: all of `SPEEDUPS` if `ptq.fast_search`, else none) are those of
-  `quantjax.ptq.suffix`: 'suffix' evaluates each candidate from the layer being searched on,
-  'stop_early' stops counting a candidate once it cannot pass, 'lookahead' counts a step's
-  candidates together (the last two need the first). The choices are those of the plain search
-  (`bench/ptq_search_time.py` times each). `max_tensors` bounds the search (for timing).
+  `speedups` (default: all of `SPEEDUPS` if `ptq.fast_search`, else none): 'suffix' evaluates
+  each candidate from the layer being searched on (`quantjax.ptq.suffix`), 'stop_early' stops
+  counting a candidate once it cannot pass and 'lookahead' counts a step's candidates together
+  (both need 'suffix'), 'dedupe' skips a weight or bias point that quantizes the tensor as one
+  already evaluated did. The choices are those of the plain search (`bench/ptq_search_time.py`
+  times each). `max_tensors` bounds the search (for timing).
   """
   if speedups is None:
     speedups = SPEEDUPS if ptq.get("fast_search", True) else ()
-  unknown = set(speedups) - set(SPEEDUPS)
-  if unknown or (speedups and "suffix" not in speedups):
+  if set(speedups) - set(SPEEDUPS) or (
+      {"stop_early", "lookahead"} & set(speedups) and "suffix" not in speedups):
     raise ValueError(f"speedups={speedups!r} is not valid: a subset of {', '.join(SPEEDUPS)} "
-                     "that holds 'suffix' if it holds any")
+                     "('stop_early' and 'lookahead' need 'suffix')")
   layers = exp.layers
   spec = {"name": "fixed_point"}
   search_config = _result_config(exp.config, [
@@ -200,7 +201,7 @@ def search_fixed_point(exp, variables, records, val_images, val_labels, acc_fp, 
       min_bits=int(ptq.get("min_bits", fixedpoint.MIN_BITS)),
       extra_diagonal_step=bool(ptq.get("extra_diagonal_step", True)),
       focus=focus, stop_early="stop_early" in speedups, lookahead="lookahead" in speedups,
-      max_tensors=max_tensors)
+      dedupe="dedupe" in speedups, max_tensors=max_tensors)
   rules = []
   for layer in layers:
     rule = {"pattern": re.escape(layer.path)}

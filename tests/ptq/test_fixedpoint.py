@@ -131,6 +131,29 @@ def test_cheaper_neighbour_with_no_loss_is_taken():
   assert chosen == Point(6, 4)  # (b-1, F+1): one bit cheaper and as accurate
 
 
+def test_identical_points_are_evaluated_once():
+  # max|x| = 1.3: (b, F=2) codes reach round(5.2) = 5, which 4 bits and more hold whole.
+  same = fixedpoint.identity(1.3)
+  assert same(Point(4, 2)) == same(Point(5, 2)) == same(Point(12, 2)) != same(Point(3, 2))
+  assert same(Point(3, 2)) != same(Point(2, 2))  # both clip the largest value, differently
+  assert same(Point(1, 5)) == same(Point(6, -3)) == "zero"  # 1 bit; 1.3·2^-3 rounds to 0
+  assert same(Point(6, -1)) == same(Point(7, -1)) != same(Point(6, 0))
+  # A table search where the accuracy is a function of the identity: (6, 2) repeats (5, 2).
+  table = {(b, f): (1.0 if f >= 1 and b >= 3 else 0.0) for b in range(1, 10) for f in range(-4, 9)}
+  evaluated = []
+
+  def evaluate(points):
+    evaluated.extend(points)
+    return [table[(p.bits, p.frac)] if same(p) != "zero" else 0.0 for p in points]
+
+  plain = fixedpoint.search_point(evaluate, Point(8, 6), acc_fp=1.0, allowed=0.005)
+  count = len(evaluated)
+  evaluated.clear()
+  assert fixedpoint.search_point(evaluate, Point(8, 6), acc_fp=1.0, allowed=0.005,
+                                 same=same) == plain
+  assert len({same(p) for p in evaluated}) == len(evaluated) < count
+
+
 def test_start_over_budget_gets_four_more_bits():
   chosen, _, _ = _table_search({(16, 12): 1.0}, Point(12, 8), allowed=0.005)
   assert chosen == Point(16, 12)

@@ -70,7 +70,8 @@ def _setup(residual=False, n=200):
   return model, plan, variables, base, x, labels, max_abs, paths
 
 
-SPEEDUPS = [("suffix",), ("suffix", "stop_early"), ("suffix", "stop_early", "lookahead")]
+SPEEDUPS = [("suffix",), ("suffix", "stop_early"), ("suffix", "stop_early", "lookahead"),
+            ("suffix", "stop_early", "lookahead", "dedupe")]
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["chain", "residual"])
@@ -95,7 +96,8 @@ def searches(request):
                                            rows=40, slots=4)
     result = fixedpoint.search(evaluator.accuracies, max_abs, paths, focus=evaluator.focus,
                                stop_early="stop_early" in speedups,
-                               lookahead="lookahead" in speedups, **options)
+                               lookahead="lookahead" in speedups, dedupe="dedupe" in speedups,
+                               **options)
     fast[speedups] = (result, evaluator)
   return slow, fast, plain
 
@@ -112,6 +114,8 @@ def test_each_speedup_makes_the_plain_searchs_choices(searches, speedups):
   assert max(p.bits for p in slow.points.values()) >= 6
   assert evaluator.num_traces == 1 and evaluator.evaluator.num_record_traces == 1
   assert plain.num_traces == 1
+  if "dedupe" in speedups:  # fewer points than the same search without it
+    assert quick.num_evaluations < fast[speedups[:-1]][0].num_evaluations
   if "lookahead" in speedups:  # a step's points in one call: far fewer calls than points
     assert evaluator.evaluator.num_calls < quick.num_evaluations / 3
   else:  # the same points, one per call (plus the exact re-counts of early-stopped ones)

@@ -7,11 +7,13 @@ else int16/int32) with `preferred_element_type=int32`, an int64 path where the b
 An integer convolution runs as `lax.conv_general_dilated` where the backend lowers integer
 convolutions (CPU, TPU), else as its patches times an integer matrix product (`conv='patches'`;
 XLA's GPU backend lowers only cuDNN's int8 convolutions with an s8 or f32 result); both give the
-same integers. The accumulator model (width, saturate or wrap, overflow count) and the
-requantization (int64 `r·m + o`, right shift with the run's rounding mode, or, onto non-uniform
-levels, the integer thresholds on `r` that `m`, `shift`, `o` and the level table imply for that
-rounding mode, computed once per graph) follow; requantization runs in int64 (jax x64 is enabled
-inside the emulator only).
+same integers. Where the code widths prove a sum fits the accumulator (K·max|a|·max|w| plus
+max|bias|; for a residual add, the magnitude bounds carried through the graph), it is formed in
+int32 and only its max |s| is counted, as nothing can overflow. The accumulator model (width,
+saturate or wrap, overflow count) and the requantization (int64 `r·m + o`, right shift with the
+run's rounding mode, or, onto non-uniform levels, the integer thresholds on `r` that `m`, `shift`,
+`o` and the level table imply for that rounding mode, computed once per graph) follow;
+requantization runs in int64 (jax x64 is enabled inside the emulator only).
 """
 
 from __future__ import annotations
@@ -119,7 +121,9 @@ class Emulator:
           bound = mac_bound(graph, n, self.ranges, w)
           lo, hi = decoded_range(graph, n, self.ranges)
           path = self._mac_path(bound)
-          self.plan[out] = {"bound": bound, "path": path}
+          bias = int(np.max(np.abs(graph.tensors[f"{out}.bias"])))
+          fits = bound + bias <= 2 ** (self.accel.acc_bits - 1) - 1
+          self.plan[out] = {"bound": bound, "path": path, "fits": bool(fits)}
           if n["op"] == "conv" and path != "f32":
             self.plan[out]["conv"] = self.conv
           if path == "f32":
@@ -140,9 +144,37 @@ class Emulator:
           consts[f"{out}.thresholds"] = jnp.asarray(level_thresholds(
               t[f"{out}.m"], t[f"{out}.shift"], t[f"{out}.offset"], t[f"{out}.table"],
               self.accel.rounding), jnp.int64)
+    self._prove_no_overflow()
     self.consts = consts
     self._run = jax.jit(functools.partial(_run, graph=_Static(graph), plan=_Static(self.plan),
                                           accel=self.accel))
+
+  def _prove_no_overflow(self) -> None:
+    """Marks each residual add whose |a| + |round(b·m >> shift)| provably fits the accumulator
+    (`fits`), from bounds on every tensor's magnitude (those of conv/dense from the plan)."""
+    g, hi = self.graph, 2 ** (self.accel.acc_bits - 1) - 1
+    mag: dict[str, int] = {}
+    for n in g.nodes:
+      op, out = n["op"], n["out"]
+      if op == "input" or op == "requant":
+        mag[out] = max(abs(v) for v in self.ranges[out])
+      elif op in ("conv", "dense"):
+        p = self.plan[out]
+        mag[out] = p["bound"] + int(np.max(np.abs(g.tensors[f"{out}.bias"]))) if p["fits"] \
+            else hi + 1
+      elif op == "relu":
+        mag[out] = max(mag[n["in"]], abs(int(n["zero"])))
+      elif op == "sumpool":
+        mag[out] = mag[n["in"]] * int(n["count"])
+      elif op == "add":
+        m = int(np.max(np.abs(g.tensors[f"{out}.m"])))
+        shift = int(np.min(g.tensors[f"{out}.shift"]))
+        b = (mag[n["b"]] * m >> max(shift, 0)) + 1  # the rounded shift adds at most 1
+        fits = mag[n["a"]] + b <= hi
+        self.plan[out] = {"fits": fits}
+        mag[out] = mag[n["a"]] + b if fits else hi + 1
+      else:  # maxpool, flatten: values of the input
+        mag[out] = mag[n["in"]]
 
   def _mac_path(self, bound: int) -> str:
     if self.accel.mac in ("auto", "f32") and bound < 2**24:
@@ -201,9 +233,15 @@ def _round_shift(t, shift, rounding: str):
   return q + up.astype(jnp.int64)
 
 
-def _accumulate(s, accel: Accelerator):
-  """The accumulator model on exact int64 sums: (stored value, overflow count, max |s|)."""
+def _accumulate(s, accel: Accelerator, fits: bool = False):
+  """The accumulator model on exact int64 sums: (stored value, overflow count, max |s|).
+
+  `fits`: |s| is bounded within the accumulator's range (`Emulator` proves it from the code
+  widths), so nothing overflows and only max |s| is counted.
+  """
   lo, hi = -(2 ** (accel.acc_bits - 1)), 2 ** (accel.acc_bits - 1) - 1
+  if fits:
+    return s.astype(jnp.int32), jnp.int64(0), jnp.max(jnp.abs(s))
   over = jnp.sum((s < lo) | (s > hi))
   max_abs = jnp.max(jnp.abs(s))
   if accel.overflow == "saturate":
@@ -260,7 +298,7 @@ def _mac(x, w, node, path, dtype, conv):
   else:
     y = jax.lax.dot_general(a, w_, (((a.ndim - 1,), (0,)), ((), ())),
                             preferred_element_type=pref)
-  return y.astype(jnp.int64)
+  return y  # exact integers: float32 (below 2^24), int32 or int64
 
 
 def _run(consts, images, *, graph, plan, accel: Accelerator):
@@ -277,8 +315,11 @@ def _run(consts, images, *, graph, plan, accel: Accelerator):
       x = _decode(env[n["in"]], n["decode"], consts)
       p = plan[out]
       y = _mac(x, c("w"), n, p["path"], p.get("dtype"), p.get("conv"))
-      s = y * c("sign") + c("bias")
-      env[out], over, max_abs = _accumulate(s, accel)
+      if p["fits"]:  # |y| + |bias| fits the accumulator, so int32 holds every sum exactly
+        s = y.astype(jnp.int32) * c("sign").astype(jnp.int32) + c("bias").astype(jnp.int32)
+      else:
+        s = y.astype(jnp.int64) * c("sign") + c("bias")
+      env[out], over, max_abs = _accumulate(s, accel, p["fits"])
       stats[n["name"]] = {"overflows": over, "max_abs": max_abs}
     elif op == "relu":
       env[out] = jnp.maximum(env[n["in"]], n["zero"])
@@ -306,7 +347,7 @@ def _run(consts, images, *, graph, plan, accel: Accelerator):
     elif op == "add":
       b = _round_shift(env[n["b"]].astype(jnp.int64) * c("m"), c("shift"), accel.rounding)
       s = env[n["a"]].astype(jnp.int64) + b
-      env[out], over, max_abs = _accumulate(s, accel)
+      env[out], over, max_abs = _accumulate(s, accel, plan[out]["fits"])
       stats[out] = {"overflows": over, "max_abs": max_abs}
     else:
       raise ValueError(f"unknown op {op!r} in the integer graph")

@@ -27,6 +27,14 @@ python bench/memory.py --out=results/memory.md
   --config.quant.weight.bits=8 --config.quant.act.bits=8
 python bench/intsim_throughput.py --workdir="$runs/uniform_w8a8" \
   --out=results/intsim_throughput.md
+# ResNet-20 (residual adds, 21 convs): a brief run is enough, throughput does not depend on accuracy.
+[ -d "$runs/float_resnet20" ] || python train.py --config=configs/float.py --config.model=resnet20 \
+  --config.num_epochs=2 --workdir="$runs/float_resnet20"
+[ -d "$runs/uniform_w8a8_resnet20" ] || python train.py --config=configs/uniform_w4a4.py \
+  --config.model=resnet20 --config.num_epochs=1 --workdir="$runs/uniform_w8a8_resnet20" \
+  --config.init_from="$runs/float_resnet20" --config.quant.weight.bits=8 --config.quant.act.bits=8
+python bench/intsim_throughput.py --workdir="$runs/uniform_w8a8_resnet20" --repeats=15 \
+  --out=results/intsim_throughput_resnet20.md
 
 # Post-training searches (MXQN and the fixed-point search; wall time of the Sequential search).
 python bench/ptq_table.py --workdir="$runs/ptq"

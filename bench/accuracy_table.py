@@ -598,10 +598,12 @@ def markdown(report: dict[str, Any]) -> str:
       "Test accuracy is the mean ± sd over seeds. Δ is the paired difference against the row's "
       "baseline (`float/FT` for fine-tuned rows, `float` for PTQ rows) on the same seeds, in "
       "points, with a two-sided 95 % Student-t interval. W / A bits: the middle layers' stored "
-      "weight bits averaged over all Conv/Dense weights (conv1 and fc3 keep 8-bit weights; NUUQ "
+      "weight bits averaged over all Conv/Dense weights (the first and last layers keep 8-bit "
+      "weights; NUUQ "
       "counts log2 N) and the middle layers' input bits. Memory and mult. cost: the cost model's "
       "(quantjax.cost; what is stored, and the multiplier's operand widths) reduction against the "
-      "same network at all-8-bit; float tensors (the image into conv1, the logits) count 32 bits.",
+      "same network at all-8-bit; float tensors (the image into the first layer, the logits) count "
+      "32 bits.",
       "",
       "| method | setting | quantizers (middle layers) | W bits | A bits | test acc | Δ vs "
       "baseline [95 % CI] | memory / mult. cost, change vs all-8-bit | seeds | train s |",

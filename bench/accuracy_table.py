@@ -836,18 +836,24 @@ def sweep_main(argv):
   report = write(len(plan))
   extra = [s for s in _EXTRA_SEEDS.value if s and s not in seeds]
   close = {r for c in report["checks"] if c.get("near_limit") for r in c["rows"]}
-  if extra and close and not quick and not _REPORT_ONLY.value and not _SHARD.value:
-    more = [(None, s) for s in extra] + [(row, s) for row in rows if row.name in close
-                                         for s in extra]
-    header["seeds"] = seeds + extra
+  if extra and not quick and not _SHARD.value and (close or _REPORT_ONLY.value):
+    # A sweep runs the extra seeds for the rows near their limit; --report_only reads back every
+    # extra-seed run that exists (whichever rows a sweep, or --only, ran them for).
+    more = [(None, s) for s in extra] + [(row, s) for row in rows for s in extra
+                                         if _REPORT_ONLY.value or row.name in close]
+    counted = sum(len(per_seed) for per_seed in results.values())
     total = len(plan) + len(more)
     runs_bar.total = total
     for i, (row, seed) in enumerate(more):
       runs_bar.set_postfix_str(f"{'float' if row is None else row.name} seed {seed}")
       do_run(row, seed)
       runs_bar.update(1)
-      write(total)
-      progress.write(_progress(len(plan) + i + 1, total, start), sys.stdout)
+      if not _REPORT_ONLY.value:
+        write(total)
+        progress.write(_progress(len(plan) + i + 1, total, start), sys.stdout)
+    if _REPORT_ONLY.value:  # planned: what was found
+      total = len(plan) + sum(len(per_seed) for per_seed in results.values()) - counted
+    header["seeds"] = seeds + [s for s in extra if s in results.get("float", {})]
     report = write(total)
   runs_bar.close()
   if _LEVELS_LAYER.value:

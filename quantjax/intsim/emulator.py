@@ -121,9 +121,7 @@ class Emulator:
           bound = mac_bound(graph, n, self.ranges, w)
           lo, hi = decoded_range(graph, n, self.ranges)
           path = self._mac_path(bound)
-          bias = int(np.max(np.abs(graph.tensors[f"{out}.bias"])))
-          fits = bound + bias <= 2 ** (self.accel.acc_bits - 1) - 1
-          self.plan[out] = {"bound": bound, "path": path, "fits": bool(fits)}
+          self.plan[out] = {"bound": bound, "path": path}
           if n["op"] == "conv" and path != "f32":
             self.plan[out]["conv"] = self.conv
           if path == "f32":
@@ -150,8 +148,9 @@ class Emulator:
                                           accel=self.accel))
 
   def _prove_no_overflow(self) -> None:
-    """Marks each residual add whose |a| + |round(b·m >> shift)| provably fits the accumulator
-    (`fits`), from bounds on every tensor's magnitude (those of conv/dense from the plan)."""
+    """Marks each conv/dense (|Σ a·w| + |bias| <= its MAC bound + max|bias|) and residual add
+    (|a| + |round(b·m >> shift)|) whose sum provably fits the accumulator (`fits`), from bounds
+    on every tensor's magnitude carried through the graph."""
     g, hi = self.graph, 2 ** (self.accel.acc_bits - 1) - 1
     mag: dict[str, int] = {}
     for n in g.nodes:
@@ -160,8 +159,9 @@ class Emulator:
         mag[out] = max(abs(v) for v in self.ranges[out])
       elif op in ("conv", "dense"):
         p = self.plan[out]
-        mag[out] = p["bound"] + int(np.max(np.abs(g.tensors[f"{out}.bias"]))) if p["fits"] \
-            else hi + 1
+        total = p["bound"] + int(np.max(np.abs(g.tensors[f"{out}.bias"])))
+        p["fits"] = total <= hi
+        mag[out] = total if p["fits"] else hi + 1
       elif op == "relu":
         mag[out] = max(mag[n["in"]], abs(int(n["zero"])))
       elif op == "sumpool":

@@ -45,13 +45,19 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   """`tree` with every leaf a copy on each device of `mesh`, whichever processes hold them.
 
   A leaf already replicated on the mesh is kept; any other (NumPy, or on one device) must hold
-  the same values in every process, as the state a seeded initialisation computes does.
+  the same values in every process, as the state a seeded initialisation computes does. Every
+  leaf comes back with the mesh's own sharding, even where another one places it alike (a
+  single-device array on a one-device mesh): the jitted step's outputs carry the mesh, and an
+  input without it would make the step compile a second time.
   """
   sharding = replicated(mesh)
 
   def put(x):
-    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+    if isinstance(x, jax.Array) and x.sharding == sharding:
       return x
+    if (isinstance(x, jax.Array) and jax.process_count() == 1
+        and x.sharding.is_equivalent_to(sharding, x.ndim)):
+      return jax.device_put(x, sharding)  # the same buffers, now typed with the mesh
     value = np.asarray(x)
     return jax.make_array_from_process_local_data(sharding, value, value.shape)
 

@@ -1,6 +1,7 @@
 """train_and_evaluate: smoke runs, resume after a kill, NaN stop, summary and evaluation."""
 
 import json
+import logging
 import os
 
 import jax
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from quantjax import data
-from quantjax.train import checkpoint, evaluate_workdir, loop, train_and_evaluate
+from quantjax.train import checkpoint, evaluate_workdir, loop, sharding, train_and_evaluate
 
 
 def _final_params(workdir):
@@ -34,6 +35,40 @@ def test_smoke_run_writes_summary_and_checkpoints(tiny_config, tmp_path):
   assert sorted(checkpoint.manager(workdir).all_steps()) == [2, 4, 6]
   lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [m["step"] for m in lines if "train/loss" in m] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("num_devices", [1, 4])
+def test_the_train_step_compiles_once(tiny_config, tmp_path, num_devices):
+  # The initial state must carry the mesh's sharding, as the step's outputs do; a state placed
+  # on the one device alike but typed without the mesh made the step compile a second time.
+  if jax.device_count() < num_devices:
+    pytest.skip(f"needs {num_devices} (fake) devices")
+  tiny_config.num_devices = num_devices
+  compiled = []
+
+  class Listener(logging.Handler):
+    def emit(self, record):
+      message = record.getMessage()
+      if message.startswith("Finished XLA compilation of jit(train_step)"):
+        compiled.append(message)
+
+  listener = Listener()
+  logging.getLogger("jax").addHandler(listener)
+  try:
+    with jax.log_compiles(True):
+      train_and_evaluate(tiny_config, str(tmp_path / "run"))
+  finally:
+    logging.getLogger("jax").removeHandler(listener)
+  assert len(compiled) == 1, compiled
+
+
+def test_replicate_types_single_device_arrays_with_the_mesh():
+  mesh = sharding.make_mesh(1)
+  x = jax.numpy.arange(3.0)  # on one device, without the mesh
+  assert x.sharding != sharding.replicated(mesh)
+  y = sharding.replicate({"x": x}, mesh)["x"]
+  assert y.sharding == sharding.replicated(mesh)
+  np.testing.assert_array_equal(y, [0.0, 1.0, 2.0])
 
 
 class _Killed(Exception):

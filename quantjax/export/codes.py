@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from quantjax.quantizers.base import Quantizer
@@ -66,4 +65,4 @@ def esb_decode(exp_field: np.ndarray, mant: np.ndarray, mantissa_bits: int) -> n
 
 def fake_quant_act(q: Quantizer, params: dict, state: dict, x: np.ndarray) -> np.ndarray:
   """The quantizer's own (fake-quant) output for an activation, for checks."""
-  return np.asarray(q.apply(jnp.asarray(x, jnp.float32), params, state, "act", False)[0])
+  return np.asarray(q.fake_quant(x, params, state, "act"))

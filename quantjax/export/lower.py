@@ -139,7 +139,7 @@ class _Lowering:
     bias = v["params"].get("bias")
     if bias is not None and lq.bias is not None:
       bp, bs = codes_lib.layer_quantizer_vars(v, "bias")
-      bias = np.asarray(lq.bias.apply(np.asarray(bias, np.float32), bp, bs, "weight", False)[0])
+      bias = np.asarray(lq.bias.fake_quant(bias, bp, bs, "weight"))
     y = self.b.layer(call.kind, call.path, x, wc, None if bias is None else np.asarray(bias),
                      call.strides or (1, 1), [list(p) for p in call.padding] or None)
     if lq.output is not None:

@@ -3,7 +3,8 @@
 For each nn.Conv / nn.Dense in the plan, the interceptor swaps a quantizing
 `conv_general_dilated` / `dot_general` into the module for the duration of its `__call__`: the
 swapped function fake-quantizes its two operands (the input activation and the kernel) and calls
-the `jax.lax` primitive. A bias quantizer replaces the module's bias `b` in its result by `Q(b)`
+the `jax.lax` primitive: on their integers where both quantizers put them on integer grids
+(`quantjax.intercept.integer`), on the fake-quantized floats otherwise. A bias quantizer replaces the module's bias `b` in its result by `Q(b)`
 (`y + (Q(b) - b)`: exact up to one float rounding of the sum), and an output quantizer quantizes
 the module's return value. Quantizer variables are created on the intercepted module itself, so
 they sit beside the kernel in the variable tree: trainable ones in 'params' (`kernel_scale`,
@@ -23,9 +24,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from quantjax.intercept import integer
 from quantjax.intercept.layers import QUANTIZABLE, module_path
 from quantjax.intercept.plan import TENSOR_ROLE, QuantPlan
-from quantjax.quantizers.base import Quantizer
+from quantjax.quantizers.base import IntegerGrid, Quantizer
 
 QUANT_STATE = "quant_state"
 QUANT_LOSSES = "quant_losses"
@@ -33,11 +35,14 @@ _PREFIX = {"weight": "kernel", "act": "input", "bias": "bias", "output": "output
 
 
 def _quantize_operand(module: nn.Module, quantizer: Quantizer, x: jax.Array, tensor: str,
-                      training: bool) -> jax.Array:
+                      training: bool) -> tuple[jax.Array, IntegerGrid | None]:
   """Fake-quantizes `x` with the module's own quantizer variables, creating them if missing.
 
   `tensor` is a LayerQuant field ('weight', 'act', 'bias' or 'output'); it names the variables
   (`_PREFIX`) and sets the quantizer role (static tensors 'weight', data 'act').
+
+  Returns:
+    The fake-quantized `x`, and its integer grid (`Quantizer.integer_grid`) or None.
   """
   prefix = _PREFIX[tensor]
   role = TENSOR_ROLE[tensor]
@@ -53,6 +58,7 @@ def _quantize_operand(module: nn.Module, quantizer: Quantizer, x: jax.Array, ten
   }
   state = {name: v.value for name, v in state_vars.items()}
   q, new_state = quantizer.apply(x, params, state, role, training)
+  grid = quantizer.integer_grid(x, params, state, role, training)
   if module.is_mutable_collection(QUANT_LOSSES):
     aux = quantizer.aux_loss(x, q, params, state, role)
     if aux is not None:
@@ -60,7 +66,7 @@ def _quantize_operand(module: nn.Module, quantizer: Quantizer, x: jax.Array, ten
   if training and module.is_mutable_collection(QUANT_STATE):
     for name, v in state_vars.items():
       v.value = new_state[name]
-  return q
+  return q, grid
 
 
 def make_interceptor(plan: QuantPlan, *, training: bool) -> Callable:
@@ -79,10 +85,15 @@ def make_interceptor(plan: QuantPlan, *, training: bool) -> Callable:
     primitive = getattr(module, field) or getattr(jax.lax, field)
 
     def quantized_primitive(lhs, rhs, *a, **kw):  # lhs: input [B, ...], rhs: kernel
+      act = weight = None
       if lq.act is not None:
-        lhs = _quantize_operand(module, lq.act, lhs, "act", training)
+        lhs, act = _quantize_operand(module, lq.act, lhs, "act", training)
       if lq.weight is not None:
-        rhs = _quantize_operand(module, lq.weight, rhs, "weight", training)
+        rhs, weight = _quantize_operand(module, lq.weight, rhs, "weight", training)
+      if "preferred_element_type" not in kw and integer.eligible(
+          plan.integer_products, act, weight, rhs.shape):
+        return integer.product(lambda l, r, **k: primitive(l, r, *a, **kw, **k), lhs, rhs,
+                               act, weight)
       return primitive(lhs, rhs, *a, **kw)
 
     # Modules are frozen dataclasses; swap the field for this call only and always restore it.
@@ -94,9 +105,10 @@ def make_interceptor(plan: QuantPlan, *, training: bool) -> Callable:
       object.__setattr__(module, field, original)
     if lq.bias is not None and module.use_bias:
       bias = module.get_variable("params", "bias")  # [C_out], added along the last axis
-      y = y + (_quantize_operand(module, lq.bias, bias, "bias", training) - bias).astype(y.dtype)
+      qbias = _quantize_operand(module, lq.bias, bias, "bias", training)[0]
+      y = y + (qbias - bias).astype(y.dtype)
     if lq.output is not None:
-      y = _quantize_operand(module, lq.output, y, "output", training)
+      y = _quantize_operand(module, lq.output, y, "output", training)[0]
     return y
 
   return interceptor

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from quantjax import quantizers
+from quantjax.intercept import integer
 from quantjax.intercept.layers import LayerInfo
 from quantjax.quantizers.base import Quantizer
 
@@ -64,6 +65,9 @@ class QuantPlan:
   """Resolved, hashable plan: one LayerQuant per quantized layer path."""
 
   layers: tuple[tuple[str, LayerQuant], ...] = ()
+  # Where a layer's quantized products run on its integers: 'auto' (on a CPU), 'on', 'off'
+  # (always the float product of the fake-quantized values); `quantjax.intercept.integer`.
+  integer_products: str = "auto"
 
   def get(self, path: str) -> LayerQuant | None:
     return dict(self.layers).get(path)
@@ -120,6 +124,7 @@ def resolve(
     rules: Sequence[Rule] = (),
     bias: Mapping[str, Any] | None = None,
     output: Mapping[str, Any] | None = None,
+    integer_products: str = "auto",
 ) -> QuantPlan:
   """Builds the plan for `layers` (in call order).
 
@@ -135,10 +140,12 @@ def resolve(
     rules: further per-path overrides, applied in order.
     bias: default bias quantizer spec; None (the default) = float.
     output: default layer-output quantizer spec; None (the default) = float.
+    integer_products: 'auto', 'on' or 'off' (`QuantPlan.integer_products`).
 
   Returns:
     The resolved QuantPlan. Raises ValueError naming the bad regex or spec.
   """
+  integer.check_mode(integer_products)
   paths = [layer.path for layer in layers]
   specs: dict[str, dict[str, Any]] = {}
   defaults = {"weight": weight, "act": act, "bias": bias, "output": output}
@@ -164,7 +171,7 @@ def resolve(
           for role in TENSORS})
       if lq.any():
         resolved.append((path, lq))
-  return QuantPlan(tuple(resolved))
+  return QuantPlan(tuple(resolved), integer_products)
 
 
 def _matching(pattern: str, paths: Sequence[str], what: str) -> list[str]:
@@ -197,6 +204,7 @@ def plan_from_config(quant_config: Mapping[str, Any] | None,
       rules=rules,
       bias=q.get("bias"),
       output=q.get("output"),
+      integer_products=q.get("integer_products", "auto"),
   )
 
 
@@ -216,6 +224,7 @@ def check_quant_config(quant_config: Mapping[str, Any] | None) -> None:
   if not quant_config or not quant_config.get("enabled", True):
     return
   q = _plain(quant_config)
+  integer.check_mode(q.get("integer_products", "auto"))
   base = {role: _default_spec(q.get(role)) for role in TENSORS}
   for role in TENSORS:
     _build(base[role], TENSOR_ROLE[role], f"quant.{role}")

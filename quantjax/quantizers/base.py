@@ -6,6 +6,9 @@ A quantizer is a frozen, keyword-only dataclass (its config; hashable, so it can
   init(x, role)                               -> (params, state)
   apply(x, params, state, role, training)     -> (q, new_state)
 
+(`fake_quant(x, params, state, role)` is `apply`'s output at evaluation, compiled as one program,
+for callers outside a trace.)
+
 `params` are trainable (a learned step, a learned clip) and live in Flax's 'params' collection;
 `state` is not trained by the optimizer (running ranges, cluster levels) and lives in the
 'quant_state' collection. Both are dicts of arrays, so checkpoints carry them. The arithmetic of
@@ -19,6 +22,8 @@ Everything else the package asks of a quantizer is a method or property here, so
 
   levels(params, state, x=None, role='weight')  -> the representable values ([L] or [C, L])
   weight_codes(kernel, params, state)           -> WeightCodes: a kernel as integers and a scale
+  integer_grid(x, params, state, role, training) -> IntegerGrid | None: apply's output as
+                                                   scale · integers, for integer products in training
   act_codes(params, state)                      -> ActCodes: an activation's integer codes
   storage, multiplier                           -> what the hardware stores and multiplies
 
@@ -34,6 +39,7 @@ for table quantizers: NUUQ stores a log2 N-bit index but multiplies the b-bit gr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -114,6 +120,24 @@ class Multiplier:
     check_choice("Multiplier", "kind", self.kind, MULTIPLIER_KINDS)
 
 
+@dataclasses.dataclass(frozen=True)
+class IntegerGrid:
+  """A quantized tensor as `scale · v`, `v` integers in [lo, hi] (`Quantizer.integer_grid`).
+
+  `scale` is a traced array: a scalar, or one value per output channel of a weight (the kernel's
+  last axis). `lo` and `hi` are static Python ints.
+  """
+
+  scale: Array
+  lo: int
+  hi: int
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _fake_quant(q: Quantizer, x: Array, params: Vars, state: Vars, role: str) -> Array:
+  return q.apply(x, params, state, role, False)[0]
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Quantizer:
   """Base class of quantizer configs. Subclasses are registered with `@register(name)`."""
@@ -130,6 +154,14 @@ class Quantizer:
   ) -> tuple[Array, Vars]:
     """Fake-quantized `x` (same shape and dtype) and the updated state."""
     raise NotImplementedError
+
+  def fake_quant(self, x, params: Vars, state: Vars, role: str) -> Array:
+    """`apply(x, params, state, role, training=False)`'s output, compiled as one program.
+
+    For callers outside a trace (the export, its checks): run op by op, every jnp operation of
+    `apply` would compile and keep its own small executable for each shape, 1-2 MiB apiece.
+    """
+    return _fake_quant(self, jnp.asarray(x, jnp.float32), params, state, role)
 
   @property
   def bits(self) -> float:
@@ -187,6 +219,17 @@ class Quantizer:
     del params, state
     raise ValueError(f"{self.describe()}: activation quantizer {self.registry_name!r} has no "
                      f"integer export; exportable: {', '.join(_exportable('act_codes'))}")
+
+  def integer_grid(self, x: Array, params: Vars, state: Vars, role: str,
+                   training: bool) -> IntegerGrid | None:
+    """How `apply`'s output, for the same arguments, is a scale times integers, or None.
+
+    Not None: `apply(x, params, state, role, training)[0]` is `scale · v` with `v` integers in
+    [lo, hi]. The interceptor then forms a layer's products on those integers (int8 operands, an
+    int32 sum) instead of on their float values; `quantjax.intercept.integer` says when.
+    """
+    del x, params, state, role, training
+    return None
 
   def aux_loss(self, x: Array, q: Array, params: Vars, state: Vars, role: str) -> Array | None:
     """Optional differentiable loss added to the task loss (e.g. ESB's distribution difference).

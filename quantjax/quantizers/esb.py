@@ -392,7 +392,7 @@ class ESB(Quantizer):
     w = jnp.asarray(kernel, jnp.float32)
     alpha = np.asarray(self.scale(w, params, state, "weight"), np.float64)
     scale = codes_lib.per_channel(alpha * self.unit_scale, w.shape[-1])
-    out = self.apply(w, params, state, "weight", False)[0]
+    out = self.fake_quant(w, params, state, "weight")
     values = codes_lib.integer_values(self.describe(), out, scale)
     sign = (values < 0).astype(np.int64)
     mag = np.abs(values)

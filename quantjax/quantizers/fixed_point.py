@@ -155,7 +155,7 @@ class FixedPoint(Quantizer):
     w = jnp.asarray(kernel, jnp.float32)
     scale = codes_lib.per_channel(2.0 ** -np.asarray(state["fractional_bits"], np.float64),
                                   w.shape[-1])
-    out = self.apply(w, params, state, "weight", False)[0]
+    out = self.fake_quant(w, params, state, "weight")
     values = codes_lib.integer_values(self.describe(), out, scale)
     bits = int(np.max(np.asarray(state["bits"], np.float64)))
     return codes_lib.plain_codes(self.registry_name, values, scale, bits)

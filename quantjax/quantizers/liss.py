@@ -288,7 +288,7 @@ class Liss(Quantizer):
     w = jnp.asarray(kernel, jnp.float32)
     delta, _ = self.integer_levels(params, state, w, "weight")
     scale = codes_lib.per_channel(np.asarray(delta, np.float64), w.shape[-1])
-    out = self.apply(w, params, state, "weight", False)[0]
+    out = self.fake_quant(w, params, state, "weight")
     values = codes_lib.integer_values(self.describe(), out, scale)
     return codes_lib.table_codes(self.registry_name, values, scale, self.num_levels,
                                  self.int_bits)

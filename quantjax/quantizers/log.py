@@ -354,7 +354,7 @@ class Log(Quantizer):
     w = jnp.asarray(kernel, jnp.float32)
     k = np.asarray(self.full_scale_exponent(w, state, "weight"), np.float64)
     scale = codes_lib.per_channel(np.exp2(k - self.num_exponents + 1), w.shape[-1])
-    out = self.apply(w, params, state, "weight", False)[0]
+    out = self.fake_quant(w, params, state, "weight")
     values = codes_lib.integer_values(self.describe(), out, scale)
     mag = np.abs(values)
     if np.any(mag & (mag - 1)):

@@ -232,7 +232,7 @@ class NUUQ(Quantizer):
     """The 'table' layout: a ceil(log2 N)-bit index into the b-bit grid codes of the levels."""
     w = jnp.asarray(kernel, jnp.float32)
     scale = codes_lib.per_channel(np.asarray(state["grid_step"], np.float64), w.shape[-1])
-    out = self.apply(w, params, state, "weight", False)[0]
+    out = self.fake_quant(w, params, state, "weight")
     values = codes_lib.integer_values(self.describe(), out, scale)
     return codes_lib.table_codes(self.registry_name, values, scale, self.num_levels,
                                  self.container_bits)

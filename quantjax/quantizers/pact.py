@@ -28,7 +28,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from quantjax.quantizers.base import Array, Quantizer, Vars, check_bits
+from quantjax.quantizers.base import Array, IntegerGrid, Quantizer, Vars, check_bits
 from quantjax.quantizers.codes import ActCodes
 from quantjax.quantizers.registry import register
 
@@ -107,6 +107,13 @@ class PACT(Quantizer):
     del training
     self.validate_role(role)
     return pact_quantize(x, self.alpha(params).astype(x.dtype), self.qmax), state
+
+  def integer_grid(self, x: Array, params: Vars, state: Vars, role: str,
+                   training: bool) -> IntegerGrid:
+    """`i · α/(2^b-1)`, i = 0..2^b-1."""
+    del state, training
+    self.validate_role(role)
+    return IntegerGrid(self.alpha(params).astype(x.dtype) / self.qmax, 0, self.qmax)
 
   def levels(self, params: Vars, state: Vars, x: Array | None = None,
              role: str = "weight") -> Array:

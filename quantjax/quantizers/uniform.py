@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from quantjax.quantizers import base, estimators
 from quantjax.quantizers import codes as codes_lib
-from quantjax.quantizers import estimators
 from quantjax.quantizers.base import (
     Array,
     Quantizer,
@@ -209,13 +209,27 @@ class Uniform(Quantizer):
   def apply(
       self, x: Array, params: Vars, state: Vars, role: str, training: bool
   ) -> tuple[Array, Vars]:
+    scale, zero_point, state = self._step(x, params, state, role, training)
+    return fake_quant(x, scale, zero_point, self._grid()), state
+
+  def integer_grid(self, x: Array, params: Vars, state: Vars, role: str,
+                   training: bool) -> base.IntegerGrid | None:
+    """`s · (code - z)`: integers in [qmin, qmax] when the grid is symmetric (z = 0)."""
+    if not self.symmetric:  # z is traced: the range of code - z is not known statically
+      return None
+    scale, _, _ = self._step(x, params, state, role, training)
+    return base.IntegerGrid(scale, self.qmin, self.qmax)
+
+  def _step(self, x: Array, params: Vars, state: Vars, role: str,
+            training: bool) -> tuple[Array, Array, Vars]:
+    """(scale, zero point, new state) as `apply` uses them, in `x`'s dtype."""
     per_channel = role == "weight" and self.granularity == "channel"
     if self.scale_method == "lsq":
       scale = jnp.abs(params["scale"]) + 1e-8
       zero_point = jnp.zeros_like(scale)
       if not self.symmetric:
         raise ValueError("Uniform.scale_method='lsq' is implemented for symmetric grids only")
-      return fake_quant(x, scale.astype(x.dtype), zero_point.astype(x.dtype), self._grid()), state
+      return scale.astype(x.dtype), zero_point.astype(x.dtype), state
     if role == "act":
       lo, hi = state["range_lo"], state["range_hi"]
       if training:
@@ -227,7 +241,7 @@ class Uniform(Quantizer):
     scale, zero_point = self._scale_and_zero(lo, hi)
     scale = jax.lax.stop_gradient(scale).astype(x.dtype)
     zero_point = jax.lax.stop_gradient(zero_point).astype(x.dtype)
-    return fake_quant(x, scale, zero_point, self._grid()), state
+    return scale, zero_point, state
 
   def levels(self, params: Vars, state: Vars, x: Array | None = None,
              role: str = "weight") -> Array:
@@ -255,7 +269,7 @@ class Uniform(Quantizer):
     scale = self._export_scale(params) if self.scale_method == "lsq" else self._scale_and_zero_of(
         params, state, w, "weight")[0]
     scale = codes_lib.per_channel(scale, w.shape[-1])
-    out = self.apply(w, params, state, "weight", False)[0]
+    out = self.fake_quant(w, params, state, "weight")
     values = codes_lib.integer_values(self.describe(), out, scale)
     return codes_lib.plain_codes(self.registry_name, values, scale, self.bits)
 

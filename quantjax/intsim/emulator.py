@@ -2,7 +2,8 @@
 
 Every node's arithmetic is integer (see quantjax.export.graph for the node semantics). The MAC of
 a conv/dense layer is exact: the operands are the decoded integer values (int8 where they fit,
-else int16/int32) with `preferred_element_type=int32`, an int64 path where the bound
+unsigned 8-bit activations shifted onto int8 with the shift's sum added back, else int16/int32)
+with `preferred_element_type=int32` (on a CPU, 'auto' takes int8 operands where it can), an int64 path where the bound
 `K·max|a|·max|w|` reaches 2^31, or float32 where that bound is below 2^24 (`Accelerator.mac`).
 An integer convolution runs as `lax.conv_general_dilated` where the backend lowers integer
 convolutions (CPU, TPU), else as its patches times an integer matrix product (`conv='patches'`;
@@ -54,6 +55,21 @@ def _small_dtype(lo: int, hi: int):
     if info.min <= lo and hi <= info.max:
       return dt
   return jnp.int64
+
+
+def _int8_offset(lo: int, hi: int, w: np.ndarray) -> int | None:
+  """The shift `o` that puts activations in [lo, hi] onto int8 (a - o), if the kernel is int8 too.
+
+  `Σ a·w = Σ (a - o)·w + o·Σ w` over each window (zero padding: the second term is the product of
+  an all-ones image with the same padding), both sums in int32. None: no int8 form.
+  """
+  if w.size == 0 or w.min() < -128 or w.max() > 127 or hi - lo > 255:
+    return None
+  if -128 <= lo and hi <= 127:
+    return 0
+  offset = lo + 128
+  per_channel = np.sum(np.abs(w.reshape(-1, w.shape[-1])), axis=0)
+  return offset if abs(offset) * int(np.max(per_channel)) < 2**31 else None
 
 
 def value_ranges(graph: Graph) -> dict[str, tuple[int, int]]:
@@ -120,7 +136,8 @@ class Emulator:
           w = decode_weight(graph, n)
           bound = mac_bound(graph, n, self.ranges, w)
           lo, hi = decoded_range(graph, n, self.ranges)
-          path = self._mac_path(bound)
+          offset = _int8_offset(lo, hi, w)
+          path = self._mac_path(bound, offset is not None)
           self.plan[out] = {"bound": bound, "path": path}
           if n["op"] == "conv" and path != "f32":
             self.plan[out]["conv"] = self.conv
@@ -129,6 +146,9 @@ class Emulator:
           elif path == "int":
             dt = jnp.promote_types(_small_dtype(int(w.min()), int(w.max())),
                                    _small_dtype(lo, hi))
+            if offset is not None:  # int8 operands: the activations shifted onto int8
+              dt = jnp.dtype(jnp.int8)
+              self.plan[out]["offset"] = offset
             self.plan[out]["dtype"] = str(dt)
             consts[f"{out}.w"] = jnp.asarray(w, dt)
           else:
@@ -176,10 +196,15 @@ class Emulator:
       else:  # maxpool, flatten: values of the input
         mag[out] = mag[n["in"]]
 
-  def _mac_path(self, bound: int) -> str:
-    if self.accel.mac in ("auto", "f32") and bound < 2**24:
-      return "f32"
-    return "int" if bound < 2**31 else "i64"
+  def _mac_path(self, bound: int, int8: bool) -> str:
+    """'f32' (exact below 2^24), 'int' (int32 sums) or 'i64'. 'auto' takes int8 operands on a
+    CPU, whose int8 convolutions and matmuls run several times faster than float32 ones."""
+    if bound >= 2**31:
+      return "i64"
+    if self.accel.mac == "int" or (self.accel.mac == "auto" and int8
+                                   and jax.default_backend() == "cpu"):
+      return "int"
+    return "f32" if bound < 2**24 else "int"
 
   def __call__(self, images: np.ndarray) -> tuple[np.ndarray, dict[str, dict[str, int]]]:
     """(int logits [B, classes] or output codes, per-layer {'overflows', 'max_abs'})."""
@@ -279,25 +304,27 @@ def conv_patches(a, w, strides, padding, preferred_element_type=None):
                              preferred_element_type=preferred_element_type)
 
 
-def _mac(x, w, node, path, dtype, conv):
+def _mac(x, w, node, path, dtype, conv, offset=0):
   if path == "f32":
-    a, w_ = x.astype(jnp.float32), w
-    pref = None
+    a, pref = x.astype(jnp.float32), None
   elif path == "int":
-    a, w_ = x.astype(dtype), w
-    pref = jnp.int32
+    a, pref = (x - offset).astype(dtype), jnp.int32
   else:
-    a, w_ = x.astype(jnp.int64), w
-    pref = jnp.int64
-  if node["op"] == "conv" and conv == "patches" and path != "f32":
-    y = conv_patches(a, w_, tuple(node["strides"]), node["padding"], pref)
-  elif node["op"] == "conv":
-    y = jax.lax.conv_general_dilated(
-        a, w_, tuple(node["strides"]), [tuple(p) for p in node["padding"]],
-        dimension_numbers=_DN, preferred_element_type=pref)
-  else:
-    y = jax.lax.dot_general(a, w_, (((a.ndim - 1,), (0,)), ((), ())),
-                            preferred_element_type=pref)
+    a, pref = x.astype(jnp.int64), jnp.int64
+
+  def product(a):
+    if node["op"] == "conv" and conv == "patches" and path != "f32":
+      return conv_patches(a, w, tuple(node["strides"]), node["padding"], pref)
+    if node["op"] == "conv":
+      return jax.lax.conv_general_dilated(
+          a, w, tuple(node["strides"]), [tuple(p) for p in node["padding"]],
+          dimension_numbers=_DN, preferred_element_type=pref)
+    return jax.lax.dot_general(a, w, (((a.ndim - 1,), (0,)), ((), ())),
+                               preferred_element_type=pref)
+
+  y = product(a)
+  if offset:  # add back offset·Σw over each window: one all-ones image, padded like the input
+    y = y + offset * product(jnp.ones((1, *a.shape[1:]), a.dtype))
   return y  # exact integers: float32 (below 2^24), int32 or int64
 
 
@@ -314,7 +341,7 @@ def _run(consts, images, *, graph, plan, accel: Accelerator):
     elif op in ("conv", "dense"):
       x = _decode(env[n["in"]], n["decode"], consts)
       p = plan[out]
-      y = _mac(x, c("w"), n, p["path"], p.get("dtype"), p.get("conv"))
+      y = _mac(x, c("w"), n, p["path"], p.get("dtype"), p.get("conv"), p.get("offset", 0))
       if p["fits"]:  # |y| + |bias| fits the accumulator, so int32 holds every sum exactly
         s = y.astype(jnp.int32) * c("sign").astype(jnp.int32) + c("bias").astype(jnp.int32)
       else:

@@ -8,7 +8,8 @@ import pytest
 from quantjax.export import export_run
 from quantjax.export.graph import Builder
 from quantjax.intsim import Accelerator, Emulator
-from quantjax.intsim.emulator import _round_shift, conv_lowering, conv_patches
+from quantjax.intsim.emulator import (_round_shift, conv_lowering, conv_patches, decoded_range,
+                                      value_ranges)
 from tests.intsim import reference
 from tests.intsim.conftest import FAMILIES, fake_quant_logits
 
@@ -74,6 +75,11 @@ def test_mac_paths_agree(quantized_run):
   np.testing.assert_array_equal(outs[0], outs[1])
   np.testing.assert_array_equal(outs[0], outs[2])
   assert Emulator(graph, Accelerator(mac="int")).plan[graph.layers()[1]["out"]]["path"] == "int"
+  # Unsigned 8-bit inputs (0..255) run as int8 operands shifted by -128, the shift added back.
+  node = graph.layers()[1]
+  assert decoded_range(graph, node, value_ranges(graph)) == (0, 255)
+  step = Emulator(graph, Accelerator(mac="int")).plan[node["out"]]
+  assert (step["dtype"], step["offset"]) == ("int8", 128)
 
 
 @pytest.mark.parametrize("strides,padding", [

@@ -83,6 +83,9 @@ def make_interceptor(plan: QuantPlan, *, training: bool) -> Callable:
 
     field = "conv_general_dilated" if isinstance(module, nn.Conv) else "dot_general"
     primitive = getattr(module, field) or getattr(jax.lax, field)
+    # A module's own primitive (its `conv_general_dilated` / `dot_general` field) keeps the float
+    # operands it was written for; only jax.lax's takes the integers.
+    own = getattr(module, field) is not None
 
     def quantized_primitive(lhs, rhs, *a, **kw):  # lhs: input [B, ...], rhs: kernel
       act = weight = None
@@ -90,7 +93,7 @@ def make_interceptor(plan: QuantPlan, *, training: bool) -> Callable:
         lhs, act = _quantize_operand(module, lq.act, lhs, "act", training)
       if lq.weight is not None:
         rhs, weight = _quantize_operand(module, lq.weight, rhs, "weight", training)
-      if "preferred_element_type" not in kw and integer.eligible(
+      if not own and "preferred_element_type" not in kw and integer.eligible(
           plan.integer_products, act, weight, rhs.shape):
         return integer.product(lambda l, r, **k: primitive(l, r, *a, **kw, **k), lhs, rhs,
                                act, weight)

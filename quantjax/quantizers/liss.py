@@ -50,6 +50,7 @@ from quantjax.quantizers import codes as codes_lib
 from quantjax.quantizers import estimators, kmeans
 from quantjax.quantizers.base import (
   Array,
+  IntegerGrid,
   Multiplier,
   Quantizer,
   Storage,
@@ -102,11 +103,17 @@ def integer_table(levels: Array, int_bits: int, signed: bool) -> tuple[Array, Ar
   Δ maps the largest |level| to the largest code (`2^(M-1)-1` signed, `2^M-1` unsigned) and
   `n = round(level/Δ)` (half to even; monotone, so the table stays ascending).
   """
-  nmax = 2 ** (int_bits - 1) - 1 if signed else 2**int_bits - 1
+  lo, nmax = integer_range(int_bits, signed)
   delta = jnp.maximum(jnp.max(jnp.abs(levels)), 1e-12) / nmax
   # `+ 0.0` turns a code of -0 into +0.
-  n = jnp.clip(jnp.round(levels / delta), -nmax if signed else 0, nmax) + 0.0
+  n = jnp.clip(jnp.round(levels / delta), lo, nmax) + 0.0
   return delta, n
+
+
+def integer_range(int_bits: int, signed: bool) -> tuple[int, int]:
+  """[lo, hi] of the M-bit integers n: symmetric signed, or unsigned."""
+  nmax = 2 ** (int_bits - 1) - 1 if signed else 2**int_bits - 1
+  return (-nmax if signed else 0), nmax
 
 
 def inject_noise(x: Array, levels: Array, u: Array) -> Array:
@@ -268,6 +275,18 @@ class Liss(Quantizer):
       u = jax.random.uniform(noise_key, x.shape, jnp.float32)
       return inject_noise(x, levels, u), state
     return snap_to_levels(x, levels, self.estimator), state
+
+  def integer_grid(self, x: Array, params: Vars, state: Vars, role: str,
+                   training: bool) -> IntegerGrid | None:
+    """`Δ·n_i`, n_i M-bit integers; None while noise is injected into training weights."""
+    del params
+    if training and self.noise and role == "weight":
+      return None
+    if training:
+      state = self._updated_state(x, state, role)
+    delta, _ = integer_table(self.raw_levels(x, state, role), self.int_bits, self.is_signed(role))
+    return IntegerGrid(jax.lax.stop_gradient(delta).astype(x.dtype),
+                       *integer_range(self.int_bits, self.is_signed(role)))
 
   def integer_levels(self, params: Vars, state: Vars, x: Array | None = None,
                      role: str = "weight") -> tuple[Array, Array]:

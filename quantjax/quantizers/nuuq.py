@@ -39,6 +39,7 @@ from quantjax.quantizers import codes as codes_lib
 from quantjax.quantizers import estimators, kmeans
 from quantjax.quantizers.base import (
   Array,
+  IntegerGrid,
   Multiplier,
   Quantizer,
   Storage,
@@ -211,16 +212,29 @@ class NUUQ(Quantizer):
     del params
     self.validate_role(role)
     if training:
-      count = state["step"]
-      refit = jnp.bool_(self.recluster_every > 0) & (count > 0)
-      refit &= count % max(self.recluster_every, 1) == 0
-      if self.freeze_at is not None:
-        refit &= count < self.freeze_at
       levels, step = jax.lax.cond(
-          refit, lambda: self.fit(x), lambda: (state["levels"], state["grid_step"]))
-      state = {"levels": levels, "grid_step": step, "step": count + 1}
+          self._refits(state), lambda: self.fit(x), lambda: (state["levels"], state["grid_step"]))
+      state = {"levels": levels, "grid_step": step, "step": state["step"] + 1}
     levels = jax.lax.stop_gradient(state["levels"]).astype(x.dtype)
     return snap_to_levels(x, levels, self.estimator), state
+
+  def _refits(self, state: Vars) -> Array:
+    """Whether this training step re-clusters the table (every `recluster_every` steps)."""
+    count = state["step"]
+    refit = jnp.bool_(self.recluster_every > 0) & (count > 0)
+    refit &= count % max(self.recluster_every, 1) == 0
+    if self.freeze_at is not None:
+      refit &= count < self.freeze_at
+    return refit
+
+  def integer_grid(self, x: Array, params: Vars, state: Vars, role: str,
+                   training: bool) -> IntegerGrid:
+    """`s·c`: every level is a b-bit grid code c times the step s its table was fitted on."""
+    del params, role
+    step = state["grid_step"]
+    if training:  # a re-clustering step fits the table, and its step, to this x
+      step = jnp.where(self._refits(state), self.grid_step(x), step)
+    return IntegerGrid(jax.lax.stop_gradient(step).astype(x.dtype), -self.qmax, self.qmax)
 
   def levels(self, params: Vars, state: Vars, x: Array | None = None,
              role: str = "weight") -> Array:

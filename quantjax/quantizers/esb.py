@@ -58,6 +58,7 @@ from quantjax.quantizers import codes as codes_lib
 from quantjax.quantizers import estimators, floatbits
 from quantjax.quantizers.base import (
   Array,
+  IntegerGrid,
   Multiplier,
   Quantizer,
   Vars,
@@ -345,13 +346,26 @@ class ESB(Quantizer):
   def apply(
       self, x: Array, params: Vars, state: Vars, role: str, training: bool
   ) -> tuple[Array, Vars]:
-    if self.alpha == "lambda_std" and role == "act" and training:
-      batch_sigma = scale_statistic(x, None, self.signed)
-      state = {"sigma": ema(state["sigma"], batch_sigma, self.momentum)}
+    state = self._updated_state(x, state, role, training)
     alpha = self.scale(x, params, state, role)
     if self.alpha == "lambda_std":
       alpha = jax.lax.stop_gradient(alpha)
     return esb_quantize(x, alpha.astype(x.dtype), self._format()), state
+
+  def _updated_state(self, x: Array, state: Vars, role: str, training: bool) -> Vars:
+    """The state `apply` uses: a training step moves an activation's σ̂ ('lambda_std')."""
+    if self.alpha == "lambda_std" and role == "act" and training:
+      batch_sigma = scale_statistic(x, None, self.signed)
+      state = {"sigma": ema(state["sigma"], batch_sigma, self.momentum)}
+    return state
+
+  def integer_grid(self, x: Array, params: Vars, state: Vars, role: str,
+                   training: bool) -> IntegerGrid:
+    """`α·unit_scale · v`: the levels as integers `v = q/unit_scale` (see `unit_scale`)."""
+    state = self._updated_state(x, state, role, training)
+    alpha = jax.lax.stop_gradient(self.scale(x, params, state, role)).astype(x.dtype)
+    hi = int(round(_top_level(self._format(), x.dtype) / self.unit_scale))
+    return IntegerGrid(alpha * self.unit_scale, -hi if self.signed else 0, hi)
 
   def aux_loss(self, x: Array, q: Array, params: Vars, state: Vars, role: str) -> Array | None:
     """DDA's distribution difference between x and α·q(x/α), the code assignment held fixed."""

@@ -24,6 +24,11 @@ DN = ("NHWC", "HWIO", "NHWC")
     ({"name": "nuuq", "num_levels": 5, "container_bits": 6, "grid": "max"}, "weight"),
     ({"name": "liss", "bits": 3, "int_bits": 8}, "weight"),
     ({"name": "liss", "bits": 4, "int_bits": 8, "fit": "laplace"}, "act"),
+    ({"name": "esb", "bits": 4, "significant_bits": 2, "granularity": "channel",
+      "alpha": "learned"}, "weight"),
+    ({"name": "esb", "bits": 4, "significant_bits": 2, "signed": False, "alpha": "lambda_std"},
+     "act"),
+    ({"name": "esb", "bits": 3, "significant_bits": 2, "alpha": "learned"}, "weight"),
 ])
 @pytest.mark.parametrize("training", [False, True])
 def test_the_output_is_the_grids_scale_times_integers_in_its_range(spec, role, training):
@@ -40,7 +45,7 @@ def test_the_output_is_the_grids_scale_times_integers_in_its_range(spec, role, t
   v = np.asarray(out, np.float64) / np.asarray(grid.scale, np.float64)
   np.testing.assert_allclose(v, np.round(v), atol=1e-4)
   assert np.round(v).min() >= grid.lo and np.round(v).max() <= grid.hi
-  if spec["name"] in ("uniform", "pact"):
+  if spec["name"] in ("uniform", "pact", "esb"):
     assert np.round(v).max() == grid.hi  # the clipped values reach the top code
 
 

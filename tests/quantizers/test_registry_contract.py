@@ -255,6 +255,29 @@ def check_export(q, role):
     assert ac.family == q.registry_name
 
 
+@pytest.mark.parametrize(("q", "role"), CASES)
+@pytest.mark.parametrize("training", [False, True])
+def test_an_integer_grid_holds_what_apply_outputs(q, role, training):
+  check_integer_grid(q, role, training)
+
+
+def check_integer_grid(q, role, training):
+  """Where a quantizer gives an integer grid, `apply`'s output is its scale times integers in
+  [lo, hi] (the interceptor forms the layer's products on those integers)."""
+  x = _tensor(5, scale=1.5)
+  params, state = q.init(_tensor(0), role)
+  grid = q.integer_grid(x, params, state, role, training)
+  if grid is None:
+    return
+  assert isinstance(grid.lo, int) and isinstance(grid.hi, int) and grid.lo <= 0 < grid.hi
+  out = np.asarray(q.apply(x, params, state, role, training)[0], np.float64)
+  scale = np.asarray(grid.scale, np.float64)
+  assert scale.shape in ((), (1,), (x.shape[-1],)), scale.shape
+  v = out / scale
+  np.testing.assert_allclose(v, np.rint(v), atol=1e-4 * max(1.0, np.abs(v).max()))
+  assert grid.lo <= np.rint(v).min() and np.rint(v).max() <= grid.hi
+
+
 # -- a quantizer from outside the package -------------------------------------------------------
 
 

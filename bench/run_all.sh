@@ -16,6 +16,10 @@ for model in resnet20 vgg_small resnet18; do
   python bench/step_time.py --model=$model --batch_size=128 --steps=3 --reps=11 \
     --out=results/step_time_$model.md
 done
+# What the integer products bought: the same rows with the float products of fake-quantized values.
+python bench/step_time.py --model=vgg_small --batch_size=128 --steps=2 --reps=9 \
+  --integer_products=off --peer=none --rows=uniform/W8A8,uniform/W4A4,esb/W4A4-k2,nuuq/N4,liss/W4A4 \
+  --out=results/step_time_vgg_small_float_products.md
 
 # Peak host memory: QAT, the integer emulator and the fixed-point search against float.
 python bench/memory.py --out=results/memory.md

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,8 @@ sys.path.insert(0, ROOT)
 from quantjax.reports.machine import machine  # noqa: E402
 
 _EPOCHS = flags.DEFINE_float("epochs", 2.0, "Training epochs per variant.")
+_REPS = flags.DEFINE_integer("reps", 3, "Repetitions of every job (each in a fresh process); "
+                             "the tables give the median and the range.")
 _OUT = flags.DEFINE_string("out", "", "Markdown output (optional).")
 
 # Each training variant: the accuracy table's row whose middle-layer quantizers it uses.
@@ -100,45 +103,66 @@ def measure(body: str, **fields) -> dict[str, float]:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _table(results: dict[str, dict], base: str, target: float | None) -> list[str]:
-  """Peak, its ratio to `base`'s against `target`, and what the job added above its imports."""
-  ref = results[base]
+def _spread(values: list[float], fmt: str) -> str:
+  """The median, and the range when there are several values."""
+  mid = format(statistics.median(values), fmt)
+  if len(values) == 1:
+    return mid
+  return f"{mid} [{format(min(values), fmt)}-{format(max(values), fmt)}]"
+
+
+def _table(results: dict[str, list[dict]], base: str, target: float | None) -> list[str]:
+  """Peak, its ratio to `base`'s against `target`, and what the job added above its imports.
+
+  Each job ran once per repetition; the ratio is taken within a repetition (rep i of the job over
+  rep i of `base`), then its median and range are shown; the verdict reads the median.
+  """
+  refs = results[base]
   verdict = f"within {target:g}x" if target else ""
   lines = [f"| job | peak MiB | ratio | {verdict} | above the imports: MiB (ratio) |",
            "|---|---|---|---|---|"]
-  for name, r in results.items():
-    ratio = r["peak_mib"] / ref["peak_mib"]
-    ok = "" if name == base or target is None else ("yes" if ratio <= target else "NO")
-    work, ref_work = r["peak_mib"] - r["imported_mib"], ref["peak_mib"] - ref["imported_mib"]
-    lines.append(f"| {name} | {r['peak_mib']:.0f} | {ratio:.2f} | {ok} | {work:.0f} "
-                 f"({work / ref_work:.2f}) |")
+  for name, runs in results.items():
+    ratios = [r["peak_mib"] / ref["peak_mib"] for r, ref in zip(runs, refs)]
+    works = [r["peak_mib"] - r["imported_mib"] for r in runs]
+    work_ratios = [w / (ref["peak_mib"] - ref["imported_mib"]) for w, ref in zip(works, refs)]
+    median = statistics.median(ratios)
+    ok = "" if name == base or target is None else ("yes" if median <= target else "NO")
+    lines.append(f"| {name} | {_spread([r['peak_mib'] for r in runs], '.0f')} | "
+                 f"{_spread(ratios, '.2f')} | {ok} | {_spread(works, '.0f')} "
+                 f"({statistics.median(work_ratios):.2f}) |")
   return lines
 
 
 def main(argv):
   del argv
+  reps = range(_REPS.value)
+  train: dict[str, list[dict]] = {}
+  infer: dict[str, list[dict]] = {}
+  search: dict[str, list[dict]] = {}
   with tempfile.TemporaryDirectory() as tmp:
-    runs = {name: os.path.join(tmp, name.replace("/", "_")) for name in ("float", *TRAIN_VARIANTS)}
-    train = {}
-    for name, workdir in runs.items():
-      row = None if name == "float" else name
-      train[f"train {name}"] = measure(_TRAIN, row=row, epochs=_EPOCHS.value, workdir=workdir)
-      print(f"train {name}: {train[f'train {name}']['peak_mib']:.0f} MiB", flush=True)
-    infer = {
-        "evaluate float (jitted float model)": measure(
-            _EVAL_FLOAT, workdir=runs["float"], output=os.path.join(tmp, "float.json")),
-        "integer emulator, uniform W8A8": measure(
-            _EVAL_INT, workdir=runs["uniform/W8A8"], output=os.path.join(tmp, "int.json")),
-    }
-    print(f"inference: {infer}", flush=True)
-    search = {"train float": train["train float"],
-              "fixed-point search (LeNet-5)": measure(
-                  _PTQ, init_from=runs["float"], workdir=os.path.join(tmp, "fxp"))}
-    print(f"search: {search}", flush=True)
+    for rep in reps:  # a repetition runs every job once, so ratios pair jobs of one repetition
+      runs = {name: os.path.join(tmp, f"{rep}", name.replace("/", "_"))
+              for name in ("float", *TRAIN_VARIANTS)}
+      for name, workdir in runs.items():
+        row = None if name == "float" else name
+        result = measure(_TRAIN, row=row, epochs=_EPOCHS.value, workdir=workdir)
+        train.setdefault(f"train {name}", []).append(result)
+        print(f"rep {rep} train {name}: {result['peak_mib']:.0f} MiB", flush=True)
+      for name, result in (
+          ("evaluate float (jitted float model)", measure(
+              _EVAL_FLOAT, workdir=runs["float"], output=os.path.join(tmp, "float.json"))),
+          ("integer emulator, uniform W8A8", measure(
+              _EVAL_INT, workdir=runs["uniform/W8A8"], output=os.path.join(tmp, "int.json")))):
+        infer.setdefault(name, []).append(result)
+      search.setdefault("train float", []).append(train["train float"][-1])
+      search.setdefault("fixed-point search (LeNet-5)", []).append(measure(
+          _PTQ, init_from=runs["float"], workdir=os.path.join(tmp, f"{rep}", "fxp")))
+      print(f"rep {rep}: inference {infer}, search {search}", flush=True)
   lines = [
       "# Peak host memory against float (LeNet-5, mnist5k)", "",
-      f"Generated by `python bench/memory.py --epochs={_EPOCHS.value:g}` on "
-      f"{datetime.date.today().isoformat()}, {machine()}. Each job in its own process; peak "
+      f"Generated by `python bench/memory.py --epochs={_EPOCHS.value:g} --reps={_REPS.value}` on "
+      f"{datetime.date.today().isoformat()}, {machine()}. Each job in its own process, "
+      f"{_REPS.value} times (the median, and the range in brackets); peak "
       "resident set size of that process (interpreter, JAX, compiled code and dataset "
       "included). 'Above the imports' subtracts the peak after importing JAX and quantjax and "
       "running one op (the same in every job), leaving what the job itself added: data, "

@@ -9,7 +9,10 @@ the float product's own, taken at the same fake-quantized operands: training see
 straight-through and LSQ gradients either way.
 
 Used when (`eligible`):
-  - the backend is a CPU (XLA GPU cannot lower integer convolutions), unless forced;
+  - 'auto': the backend is a CPU (XLA GPU cannot lower integer convolutions) and the layer has
+    at least `AUTO_MIN_CHANNELS` input channels (or input features): below that, XLA CPU's int8
+    convolutions ran 2-9x slower than float32 ones on this project's machine, at and above it
+    2-10x faster (`bench/int8_products.py`, `results/int8_products.md`); 'on' forces them;
   - the weight integers fit int8, and the activation integers span at most 256 values: an
     unsigned 8-bit activation (0..255) is shifted by -128 onto int8, and the shift is added back
     as 128·(1 ⊛ vw), one image's product (zero padding included), broadcast over the batch;
@@ -29,6 +32,7 @@ import jax.numpy as jnp
 from quantjax.quantizers.base import IntegerGrid
 
 MODES = ("auto", "on", "off")
+AUTO_MIN_CHANNELS = 32
 INT8_MIN, INT8_MAX = -128, 127
 _INT32_MAX = 2**31 - 1
 
@@ -44,7 +48,8 @@ def eligible(mode: str, act: IntegerGrid | None, weight: IntegerGrid | None,
   """Whether a layer with these grids (and kernel) takes the integer product; see the module."""
   if mode == "off" or act is None or weight is None:
     return False
-  if mode == "auto" and jax.default_backend() != "cpu":
+  if mode == "auto" and (jax.default_backend() != "cpu"
+                         or kernel_shape[-2] < AUTO_MIN_CHANNELS):  # [..., in, out]
     return False
   if weight.lo < INT8_MIN or weight.hi > INT8_MAX or act.hi - act.lo > INT8_MAX - INT8_MIN:
     return False

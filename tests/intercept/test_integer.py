@@ -120,7 +120,12 @@ def _grid(lo, hi, scale=1.0):
 def test_which_layers_take_the_integer_product():
   w8, a8 = _grid(-127, 127, np.ones(4)), _grid(0, 255)
   assert integer.eligible("on", a8, w8, (3, 3, 2, 4))
-  assert integer.eligible("auto", a8, w8, (3, 3, 2, 4)) == (jax.default_backend() == "cpu")
+  # 'auto': on a CPU, from 32 input channels (or features) on, where int8 kernels are faster.
+  cpu = jax.default_backend() == "cpu"
+  assert integer.eligible("auto", a8, w8, (3, 3, 32, 4)) == cpu
+  assert integer.eligible("auto", a8, w8, (400, 4)) == cpu
+  assert not integer.eligible("auto", a8, w8, (3, 3, 31, 4))
+  assert not integer.eligible("auto", a8, w8, (16, 4))
   assert not integer.eligible("off", a8, w8, (3, 3, 2, 4))
   assert not integer.eligible("on", None, w8, (3, 3, 2, 4))  # a float input
   assert not integer.eligible("on", _grid(0, 511), w8, (3, 3, 2, 4))  # 9-bit activations

@@ -3,7 +3,8 @@
 Every node's arithmetic is integer (see quantjax.export.graph for the node semantics). The MAC of
 a conv/dense layer is exact: the operands are the decoded integer values (int8 where they fit,
 unsigned 8-bit activations shifted onto int8 with the shift's sum added back, else int16/int32)
-with `preferred_element_type=int32` (on a CPU, 'auto' takes int8 operands where it can), an int64 path where the bound
+with `preferred_element_type=int32` (on a CPU, 'auto' takes int8 operands where training's
+integer products would: from 32 input channels on), an int64 path where the bound
 `K·max|a|·max|w|` reaches 2^31, or float32 where that bound is below 2^24 (`Accelerator.mac`).
 An integer convolution runs as `lax.conv_general_dilated` where the backend lowers integer
 convolutions (CPU, TPU), else as its patches times an integer matrix product (`conv='patches'`;
@@ -28,6 +29,7 @@ import numpy as np
 
 from quantjax.export.graph import Graph
 from quantjax.export.rescale import level_thresholds
+from quantjax.intercept.integer import AUTO_MIN_CHANNELS
 from quantjax.intsim.accelerator import Accelerator
 from quantjax.quantizers.codes import WeightCodes
 
@@ -137,7 +139,7 @@ class Emulator:
           bound = mac_bound(graph, n, self.ranges, w)
           lo, hi = decoded_range(graph, n, self.ranges)
           offset = _int8_offset(lo, hi, w)
-          path = self._mac_path(bound, offset is not None)
+          path = self._mac_path(bound, offset is not None, w.shape[-2])
           self.plan[out] = {"bound": bound, "path": path}
           if n["op"] == "conv" and path != "f32":
             self.plan[out]["conv"] = self.conv
@@ -196,13 +198,15 @@ class Emulator:
       else:  # maxpool, flatten: values of the input
         mag[out] = mag[n["in"]]
 
-  def _mac_path(self, bound: int, int8: bool) -> str:
-    """'f32' (exact below 2^24), 'int' (int32 sums) or 'i64'. 'auto' takes int8 operands on a
-    CPU, whose int8 convolutions and matmuls run several times faster than float32 ones."""
+  def _mac_path(self, bound: int, int8: bool, in_channels: int) -> str:
+    """'f32' (exact below 2^24), 'int' (int32 sums) or 'i64'. 'auto' takes int8 operands where
+    training's integer products would (a CPU, at least `AUTO_MIN_CHANNELS` input channels):
+    there XLA's int8 convolutions and matmuls run faster than float32 ones."""
     if bound >= 2**31:
       return "i64"
     if self.accel.mac == "int" or (self.accel.mac == "auto" and int8
-                                   and jax.default_backend() == "cpu"):
+                                   and jax.default_backend() == "cpu"
+                                   and in_channels >= AUTO_MIN_CHANNELS):
       return "int"
     return "f32" if bound < 2**24 else "int"
 

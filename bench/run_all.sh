@@ -21,8 +21,14 @@ python bench/step_time.py --model=vgg_small --batch_size=128 --steps=2 --reps=9 
   --integer_products=off --peer=none --rows=uniform/W8A8,uniform/W4A4,esb/W4A4-k2,nuuq/N4,liss/W4A4 \
   --out=results/step_time_vgg_small_float_products.md
 
+# int8 against float32 kernels per layer shape: what quant.integer_products='auto' is decided by.
+python bench/int8_products.py --out=results/int8_products.md
+python bench/step_time.py --model=resnet20 --batch_size=128 --steps=2 --reps=5 --peer=none \
+  --rows=liss/W4A4,uniform/W8A8 --integer_products=off \
+  --out=results/step_time_resnet20_float_products.md
+
 # Peak host memory: QAT, the integer emulator and the fixed-point search against float.
-python bench/memory.py --out=results/memory.md
+python bench/memory.py --reps=2 --out=results/memory.md
 
 # Integer emulation throughput against the jitted float model (needs a trained quantized run).
 [ -d "$runs/float" ] || python train.py --config=configs/float.py --workdir="$runs/float"

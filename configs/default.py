@@ -91,6 +91,7 @@ def quant_config(weight_bits: int, act_bits: int) -> ml_collections.ConfigDict:
   quant.rules = ()
   # Products of layers whose input and kernel sit on integer grids of at most 8 bits, formed on
   # the integers (int8 x int8 -> int32, several times faster on a CPU; the float product's
-  # gradient): 'auto' (on a CPU), 'on', 'off' (the float product of fake-quantized values).
+  # gradient): 'auto' (on a CPU, from 32 input channels on), 'on', 'off' (the float product of
+  # fake-quantized values).
   quant.integer_products = "auto"
   return quant

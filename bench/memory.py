@@ -122,9 +122,10 @@ def _table(results: dict[str, list[dict]], base: str, target: float | None) -> l
   lines = [f"| job | peak MiB | ratio | {verdict} | above the imports: MiB (ratio) |",
            "|---|---|---|---|---|"]
   for name, runs in results.items():
-    ratios = [r["peak_mib"] / ref["peak_mib"] for r, ref in zip(runs, refs)]
+    ratios = [r["peak_mib"] / ref["peak_mib"] for r, ref in zip(runs, refs, strict=True)]
     works = [r["peak_mib"] - r["imported_mib"] for r in runs]
-    work_ratios = [w / (ref["peak_mib"] - ref["imported_mib"]) for w, ref in zip(works, refs)]
+    work_ratios = [w / (ref["peak_mib"] - ref["imported_mib"])
+                   for w, ref in zip(works, refs, strict=True)]
     median = statistics.median(ratios)
     ok = "" if name == base or target is None else ("yes" if median <= target else "NO")
     lines.append(f"| {name} | {_spread([r['peak_mib'] for r in runs], '.0f')} | "

@@ -4,8 +4,9 @@ For each nn.Conv / nn.Dense in the plan, the interceptor swaps a quantizing
 `conv_general_dilated` / `dot_general` into the module for the duration of its `__call__`: the
 swapped function fake-quantizes its two operands (the input activation and the kernel) and calls
 the `jax.lax` primitive: on their integers where both quantizers put them on integer grids
-(`quantjax.intercept.integer`), on the fake-quantized floats otherwise. A bias quantizer replaces the module's bias `b` in its result by `Q(b)`
-(`y + (Q(b) - b)`: exact up to one float rounding of the sum), and an output quantizer quantizes
+(`quantjax.intercept.integer`), on the fake-quantized floats otherwise. A bias quantizer replaces
+the module's bias `b` in its result by `Q(b)` (`y + (Q(b) - b)`: exact up to one float rounding
+of the sum), and an output quantizer quantizes
 the module's return value. Quantizer variables are created on the intercepted module itself, so
 they sit beside the kernel in the variable tree: trainable ones in 'params' (`kernel_scale`,
 `input_scale`, ...), running statistics in 'quant_state' (`bias_*`, `output_*` likewise).
@@ -35,14 +36,16 @@ _PREFIX = {"weight": "kernel", "act": "input", "bias": "bias", "output": "output
 
 
 def _quantize_operand(module: nn.Module, quantizer: Quantizer, x: jax.Array, tensor: str,
-                      training: bool) -> tuple[jax.Array, IntegerGrid | None]:
+                      training: bool, with_grid: bool = False
+                      ) -> tuple[jax.Array, IntegerGrid | None]:
   """Fake-quantizes `x` with the module's own quantizer variables, creating them if missing.
 
   `tensor` is a LayerQuant field ('weight', 'act', 'bias' or 'output'); it names the variables
   (`_PREFIX`) and sets the quantizer role (static tensors 'weight', data 'act').
 
   Returns:
-    The fake-quantized `x`, and its integer grid (`Quantizer.integer_grid`) or None.
+    The fake-quantized `x`, and (if `with_grid`) its integer grid (`Quantizer.integer_grid`) or
+    None.
   """
   prefix = _PREFIX[tensor]
   role = TENSOR_ROLE[tensor]
@@ -58,7 +61,7 @@ def _quantize_operand(module: nn.Module, quantizer: Quantizer, x: jax.Array, ten
   }
   state = {name: v.value for name, v in state_vars.items()}
   q, new_state = quantizer.apply(x, params, state, role, training)
-  grid = quantizer.integer_grid(x, params, state, role, training)
+  grid = quantizer.integer_grid(x, params, state, role, training) if with_grid else None
   if module.is_mutable_collection(QUANT_LOSSES):
     aux = quantizer.aux_loss(x, q, params, state, role)
     if aux is not None:
@@ -89,13 +92,14 @@ def make_interceptor(plan: QuantPlan, *, training: bool) -> Callable:
 
     def quantized_primitive(lhs, rhs, *a, **kw):  # lhs: input [B, ...], rhs: kernel
       act = weight = None
+      grids = not own and plan.integer_products != "off"
       if lq.act is not None:
-        lhs, act = _quantize_operand(module, lq.act, lhs, "act", training)
+        lhs, act = _quantize_operand(module, lq.act, lhs, "act", training, grids)
       if lq.weight is not None:
-        rhs, weight = _quantize_operand(module, lq.weight, rhs, "weight", training)
-      if not own and "preferred_element_type" not in kw and integer.eligible(
+        rhs, weight = _quantize_operand(module, lq.weight, rhs, "weight", training, grids)
+      if grids and "preferred_element_type" not in kw and integer.eligible(
           plan.integer_products, act, weight, rhs.shape):
-        return integer.product(lambda l, r, **k: primitive(l, r, *a, **kw, **k), lhs, rhs,
+        return integer.product(lambda x, w, **k: primitive(x, w, *a, **kw, **k), lhs, rhs,
                                act, weight)
       return primitive(lhs, rhs, *a, **kw)
 

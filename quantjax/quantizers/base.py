@@ -22,8 +22,9 @@ Everything else the package asks of a quantizer is a method or property here, so
 
   levels(params, state, x=None, role='weight')  -> the representable values ([L] or [C, L])
   weight_codes(kernel, params, state)           -> WeightCodes: a kernel as integers and a scale
-  integer_grid(x, params, state, role, training) -> IntegerGrid | None: apply's output as
-                                                   scale · integers, for integer products in training
+  integer_grid(x, params, state, role, training)
+                                                -> IntegerGrid | None: apply's output as scale ·
+                                                   integers, for integer products in training
   act_codes(params, state)                      -> ActCodes: an activation's integer codes
   storage, multiplier                           -> what the hardware stores and multiplies
 

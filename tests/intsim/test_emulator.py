@@ -8,8 +8,13 @@ import pytest
 from quantjax.export import export_run
 from quantjax.export.graph import Builder
 from quantjax.intsim import Accelerator, Emulator
-from quantjax.intsim.emulator import (_round_shift, conv_lowering, conv_patches, decoded_range,
-                                      value_ranges)
+from quantjax.intsim.emulator import (
+  _round_shift,
+  conv_lowering,
+  conv_patches,
+  decoded_range,
+  value_ranges,
+)
 from tests.intsim import reference
 from tests.intsim.conftest import FAMILIES, fake_quant_logits
 

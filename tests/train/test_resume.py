@@ -82,3 +82,13 @@ def test_added_or_removed_fields_are_amendments_but_a_regrouped_value_is_not():
   assert [f for f, _, _ in record.refused(changes)] == ["quant.act", "quant.act.bits"]
   assert record.apply(old, {"added": 2, "dropped": record.ABSENT}) == {
       "seed": 0, "added": 2, "quant": {"act": None}}
+
+
+def test_a_resume_may_switch_the_integer_products_but_not_the_quantizers():
+  from quantjax.workdir import record
+
+  old = {"quant": {"integer_products": "auto", "act": {"bits": 4}}}
+  new = {"quant": {"integer_products": "off", "act": {"bits": 3}}}
+  changes = record.diff(old, new)
+  assert [f for f, _, _ in changes] == ["quant.act.bits", "quant.integer_products"]
+  assert [f for f, _, _ in record.refused(changes)] == ["quant.act.bits"]

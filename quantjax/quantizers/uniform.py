@@ -68,11 +68,13 @@ def fake_quant(x: Array, scale: Array, zero_point: Array, grid: _Grid) -> Array:
 def _fake_quant_fwd(x, scale, zero_point, grid):
   v = x / scale + zero_point
   codes = jnp.clip(jnp.round(v), grid.qmin, grid.qmax)
-  return (codes - zero_point) * scale, (v, codes, scale, zero_point)
+  # Only v is saved: the codes are recomputed from it, one tensor less written and read.
+  return (codes - zero_point) * scale, (v, scale, zero_point)
 
 
 def _fake_quant_bwd(grid, residuals, g):
-  v, codes, scale, zero_point = residuals
+  v, scale, zero_point = residuals
+  codes = jnp.clip(jnp.round(v), grid.qmin, grid.qmax)
   inside = (v >= grid.qmin) & (v <= grid.qmax)
   dx = estimators.input_grad(g, inside, grid.estimator)
   if grid.learn_scale:

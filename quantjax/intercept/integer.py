@@ -62,9 +62,10 @@ def eligible(mode: str, act: IntegerGrid | None, weight: IntegerGrid | None,
   return terms * largest <= _INT32_MAX
 
 
-def _offset(act: IntegerGrid) -> int:
-  """The shift that puts the activation integers inside int8 (0 when they already are)."""
-  return 0 if act.lo >= INT8_MIN and act.hi <= INT8_MAX else act.lo - INT8_MIN
+def int8_shift(lo: int, hi: int) -> int:
+  """The shift `o` that puts integers in [lo, hi] (at most 256 values) inside int8 as `v - o`
+  (0 when they already are); the emulator shifts its activations with the same rule."""
+  return 0 if lo >= INT8_MIN and hi <= INT8_MAX else lo - INT8_MIN
 
 
 def product(primitive: Callable, x: jax.Array, w: jax.Array, act: IntegerGrid,
@@ -76,7 +77,7 @@ def product(primitive: Callable, x: jax.Array, w: jax.Array, act: IntegerGrid,
   `primitive`'s own VJP at (x, w); the scales get no gradient here (theirs flows through the
   quantizers that made x and w).
   """
-  offset = _offset(act)
+  offset = int8_shift(act.lo, act.hi)
   out_dtype = jnp.result_type(x, w)
 
   def integers(t, scale, shift):

@@ -29,7 +29,7 @@ import numpy as np
 
 from quantjax.export.graph import Graph
 from quantjax.export.rescale import level_thresholds
-from quantjax.intercept.integer import AUTO_MIN_CHANNELS
+from quantjax.intercept.integer import AUTO_MIN_CHANNELS, INT8_MAX, INT8_MIN, int8_shift
 from quantjax.intsim.accelerator import Accelerator
 from quantjax.quantizers.codes import WeightCodes
 
@@ -65,11 +65,11 @@ def _int8_offset(lo: int, hi: int, w: np.ndarray) -> int | None:
   `Σ a·w = Σ (a - o)·w + o·Σ w` over each window (zero padding: the second term is the product of
   an all-ones image with the same padding), both sums in int32. None: no int8 form.
   """
-  if w.size == 0 or w.min() < -128 or w.max() > 127 or hi - lo > 255:
+  if w.size == 0 or w.min() < INT8_MIN or w.max() > INT8_MAX or hi - lo > INT8_MAX - INT8_MIN:
     return None
-  if -128 <= lo and hi <= 127:
+  offset = int8_shift(lo, hi)
+  if offset == 0:
     return 0
-  offset = lo + 128
   per_channel = np.sum(np.abs(w.reshape(-1, w.shape[-1])), axis=0)
   return offset if abs(offset) * int(np.max(per_channel)) < 2**31 else None
 

@@ -254,16 +254,12 @@ class Uniform(Quantizer):
 
   def _scale_and_zero_of(self, params: Vars, state: Vars, x: Array | None,
                          role: str) -> tuple[Array, Array]:
-    """(s, z) as `apply` uses them (without the training-time moving-average update)."""
-    if self.scale_method == "lsq":
-      scale = jnp.abs(jnp.asarray(params["scale"])) + 1e-8
-      return scale, jnp.zeros_like(scale)
-    if role == "act":
-      return self._scale_and_zero(jnp.asarray(state["range_lo"]), jnp.asarray(state["range_hi"]))
-    if x is None:
+    """(s, z) as `apply` uses them at evaluation (`_step` without the training-time update)."""
+    if x is None and role == "weight" and self.scale_method != "lsq":
       raise ValueError(f"{self.describe()}: weight levels depend on the weights: pass x")
-    x = jnp.asarray(x, jnp.float32)
-    return self._scale_and_zero(*self._range(x, self.granularity == "channel"))
+    x = jnp.zeros((), jnp.float32) if x is None else jnp.asarray(x, jnp.float32)  # only its dtype
+    scale, zero_point, _ = self._step(x, params, state, role, training=False)
+    return scale, zero_point
 
   def weight_codes(self, kernel, params: Vars, state: Vars) -> codes_lib.WeightCodes:
     """The 'codes' layout: `v = code - z`, stored as signed codes of `bits` (or more) bits."""

@@ -14,11 +14,12 @@ is timed too, as the peer. Targets (issue 14): every quantizer at most 1.10x flo
 most 1.03x and at or below Qwix's ratio. A variant the backend cannot compile is reported as
 failed (e.g. Qwix's int8 convolutions on XLA GPU).
 
-What a quantized step costs, found by profiling VGG-small: Qwix's QAT forms each forward
-convolution on int8 operands with an int32 sum, and on this CPU an int8 convolution runs 4-8x
-faster than the float32 one (e.g. 128x32x32x64 by 3x3x64x64: 155 ms float32, 32 ms int8); the
-backward convolutions stay float32. quantjax did the float32 convolution of the fake-quantized
-values plus the quantizers' elementwise passes. Since `quant.integer_products` ('auto': on a CPU)
+What a quantized step cost on VGG-small (found by reading Qwix's QAT and timing convolutions):
+Qwix forms each forward convolution on int8 operands with an int32 sum, and on this CPU an int8
+convolution with at least 32 input channels runs 2-8x faster than the float32 one
+(bench/int8_products.py; VGG-small's 64-channel block: 0.25x); the backward convolutions stay
+float32. quantjax did the float32 convolution of the fake-quantized values plus the quantizers'
+elementwise passes. Since `quant.integer_products` ('auto': on a CPU, from 32 input channels on)
 its layers do as Qwix does wherever both operands sit on <=8-bit integer grids
 (`quantjax.intercept.integer`); `--integer_products=off` times the float products instead.
 """

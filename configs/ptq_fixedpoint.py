@@ -42,8 +42,8 @@ def get_config():
   config.ptq.extra_diagonal_step = True
   config.ptq.min_bits = 1  # lowest width a tensor may take (1 to 16)
   # quantjax.ptq.suffix: count each candidate from the layer searched on (its upstream result
-  # cached), stop counting it once it cannot pass, and count a step's candidates together; the
-  # choices are those of a full evaluation per candidate (False: the plain, much slower search;
-  # bench/ptq_search_time.py times each speed-up).
+  # cached), stop counting it once it cannot pass, and skip a point that quantizes its tensor as
+  # one already counted did; the choices are those of a full evaluation per candidate (False:
+  # the plain, much slower search; bench/ptq_search_time.py times each speed-up).
   config.ptq.fast_search = True
   return config

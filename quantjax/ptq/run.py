@@ -39,7 +39,10 @@ from quantjax.train import checkpoint, evaluate, experiment, sharding
 from quantjax.workdir import Workdir
 
 METHODS = ("fixedpoint", "mxqn")
-SPEEDUPS = ("suffix", "stop_early", "lookahead", "dedupe")  # of the fixed-point search, in turn
+SPEEDUPS = ("suffix", "stop_early", "dedupe", "lookahead")  # of the fixed-point search, in turn
+# Those a search takes by default (`ptq.fast_search`): on a CPU `lookahead` evaluated more
+# points than it saved calls (bench/ptq_search_time.py).
+DEFAULT_SPEEDUPS = ("suffix", "stop_early", "dedupe")
 CRITERIA = ("accuracy", "agreement")
 REPORT = "ptq_report"
 
@@ -136,7 +139,8 @@ def _result_config(config, rules) -> ml_collections.ConfigDict:
 
 
 def search_fixed_point(exp, variables, records, val_images, val_labels, acc_fp, ptq, *,
-                       speedups: tuple[str, ...] | None = None, max_tensors: int | None = None):
+                       speedups: tuple[str, ...] | None = None, max_tensors: int | None = None,
+                       slots: int | None = None):
   """Goyal et al.'s search; returns (rules, report).
 
   `ptq.criterion='accuracy'` (the paper's) measures each candidate's accuracy on the validation
@@ -144,15 +148,16 @@ def search_fixed_point(exp, variables, records, val_images, val_labels, acc_fp, 
   float network predicts (the float network then scores 1, and every changed prediction counts as
   a loss, so the search cannot spend a lucky gain on the small validation split).
 
-  `speedups` (default: all of `SPEEDUPS` if `ptq.fast_search`, else none): 'suffix' evaluates
+  `speedups` (default: `DEFAULT_SPEEDUPS` if `ptq.fast_search`, else none): 'suffix' evaluates
   each candidate from the layer being searched on (`quantjax.ptq.suffix`), 'stop_early' stops
   counting a candidate once it cannot pass and 'lookahead' counts a step's candidates together
   (both need 'suffix'), 'dedupe' skips a weight or bias point that quantizes the tensor as one
   already evaluated did. The choices are those of the plain search (`bench/ptq_search_time.py`
-  times each). `max_tensors` bounds the search (for timing).
+  times each). `max_tensors` bounds the search (for timing); `slots` sets the suffix
+  evaluator's (`SuffixEvaluator`; default 1).
   """
   if speedups is None:
-    speedups = SPEEDUPS if ptq.get("fast_search", True) else ()
+    speedups = DEFAULT_SPEEDUPS if ptq.get("fast_search", True) else ()
   if set(speedups) - set(SPEEDUPS) or (
       {"stop_early", "lookahead"} & set(speedups) and "suffix" not in speedups):
     raise ValueError(f"speedups={speedups!r} is not valid: a subset of {', '.join(SPEEDUPS)} "
@@ -184,7 +189,8 @@ def search_fixed_point(exp, variables, records, val_images, val_labels, acc_fp, 
   if "suffix" in speedups:
     fast = suffix.PointAccuracy.build(exp.model, plan, layer_paths, variables, base,
                                       val_images, labels, batch_size=batch_size,
-                                      stop_early="stop_early" in speedups)
+                                      stop_early="stop_early" in speedups,
+                                      **({} if slots is None else {"slots": slots}))
     accuracy, focus, programs = fast.accuracies, fast.focus, fast.evaluator
   else:
     plain = Evaluator(exp.model, plan, val_images, labels, batch_size=batch_size)

@@ -123,11 +123,12 @@ def test_each_speedup_makes_the_plain_searchs_choices(searches, speedups):
     assert evaluator.evaluator.num_calls == quick.num_evaluations
 
 
+@pytest.mark.parametrize("slots", [1, 4])
 @pytest.mark.parametrize("residual", [False, True], ids=["chain", "residual"])
-def test_counts_from_every_cut_equal_full_counts(residual):
+def test_counts_from_every_cut_equal_full_counts(residual, slots):
   model, plan, variables, base, x, labels, _, paths = _setup(residual=residual)
   plain = Evaluator(model, plan, x, labels, batch_size=50)
-  fast = suffix.SuffixEvaluator(model, plan, paths, variables, x, labels, rows=40, slots=4)
+  fast = suffix.SuffixEvaluator(model, plan, paths, variables, x, labels, rows=40, slots=slots)
   coarse = {(p, c): Point(3, 2) for p in paths for c in fixedpoint.COMPONENTS}
   state = fixedpoint.quant_state(base, coarse)
   # Lanes: the tensors around the cut at other points (LANE_LEAVES: the next layer's weights,

@@ -6,7 +6,7 @@ Each shape runs as a float32 `conv_general_dilated` / `dot_general` and as int8 
 int32 sum (`preferred_element_type=int32`), interleaved: every repetition times both once, and
 the ratio int8 / float32 is taken within each repetition (its median and interquartile range are
 shown). Batch 128, 'SAME' padding, stride 1. The table is what `quant.integer_products='auto'`
-(`quantjax.intercept.integer.AUTO_MIN_CHANNELS`) is decided by: on this CPU the int8 kernels
+(`quantjax.int8.AUTO_MIN_CHANNELS`) is decided by: on this CPU the int8 kernels
 were slower than float32 below 32 input channels and faster from 32 on.
 """
 
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from quantjax.intercept import integer
+from quantjax import int8
 from quantjax.reports.machine import machine
 
 _REPS = flags.DEFINE_integer("reps", 9, "Interleaved repetitions per shape.")
@@ -81,7 +81,7 @@ def main(argv):
     ratios = sorted(i / f for f, i in times)
     q1, q3 = statistics.quantiles(ratios, n=4)[0], statistics.quantiles(ratios, n=4)[2]
     shape = (f"{size}x{size}, {cin} to {cout}, {k}x{k}" if size else f"{cin} to {cout}")
-    auto = "int8" if cin >= integer.AUTO_MIN_CHANNELS else "float32"
+    auto = "int8" if cin >= int8.AUTO_MIN_CHANNELS else "float32"
     rows.append(f"| {what} | {shape} | {statistics.median(f for f, _ in times) * 1e3:.3f} | "
                 f"{statistics.median(i for _, i in times) * 1e3:.3f} | "
                 f"{statistics.median(ratios):.2f} | {q1:.2f}-{q3:.2f} | {auto} |")
@@ -92,7 +92,7 @@ def main(argv):
       f"{datetime.date.today().isoformat()}, {machine()}; batch 128; {_REPS.value} interleaved "
       "repetitions; the ratio int8 / float32 is taken within each (median and interquartile "
       "range). The last column is what `quant.integer_products='auto'` forms such a layer with "
-      f"(int8 from {integer.AUTO_MIN_CHANNELS} input channels on, on a CPU).", "",
+      f"(int8 from {int8.AUTO_MIN_CHANNELS} input channels on, on a CPU).", "",
       "| layer | shape | float32 ms | int8 ms | int8 / float32 | IQR | 'auto' |",
       "|---|---|---|---|---|---|---|", *rows, ""])
   print(text)

@@ -9,10 +9,8 @@ the float product's own, taken at the same fake-quantized operands: training see
 straight-through and LSQ gradients either way.
 
 Used when (`eligible`):
-  - 'auto': the backend is a CPU (XLA GPU cannot lower integer convolutions) and the layer has
-    at least `AUTO_MIN_CHANNELS` input channels (or input features): below that, XLA CPU's int8
-    convolutions ran 2-9x slower than float32 ones on this project's machine, at and above it
-    2-10x faster (`bench/int8_products.py`, `results/int8_products.md`); 'on' forces them;
+  - 'auto': where int8 kernels pay (`quantjax.int8.pays`: a CPU, at least 32 input channels or
+    features); 'on' forces them;
   - the weight integers fit int8, and the activation integers span at most 256 values: an
     unsigned 8-bit activation (0..255) is shifted by -128 onto int8, and the shift is added back
     as 128·(1 ⊛ vw), one image's product (zero padding included), broadcast over the batch;
@@ -29,11 +27,11 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from quantjax import int8
+from quantjax.int8 import INT8_MAX, INT8_MIN
 from quantjax.quantizers.base import IntegerGrid
 
 MODES = ("auto", "on", "off")
-AUTO_MIN_CHANNELS = 32
-INT8_MIN, INT8_MAX = -128, 127
 _INT32_MAX = 2**31 - 1
 
 
@@ -48,8 +46,7 @@ def eligible(mode: str, act: IntegerGrid | None, weight: IntegerGrid | None,
   """Whether a layer with these grids (and kernel) takes the integer product; see the module."""
   if mode == "off" or act is None or weight is None:
     return False
-  if mode == "auto" and (jax.default_backend() != "cpu"
-                         or kernel_shape[-2] < AUTO_MIN_CHANNELS):  # [..., in, out]
+  if mode == "auto" and not int8.pays(kernel_shape[-2]):  # kernel: [..., in, out]
     return False
   if weight.lo < INT8_MIN or weight.hi > INT8_MAX or act.hi - act.lo > INT8_MAX - INT8_MIN:
     return False
@@ -62,12 +59,6 @@ def eligible(mode: str, act: IntegerGrid | None, weight: IntegerGrid | None,
   return terms * largest <= _INT32_MAX
 
 
-def int8_shift(lo: int, hi: int) -> int:
-  """The shift `o` that puts integers in [lo, hi] (at most 256 values) inside int8 as `v - o`
-  (0 when they already are); the emulator shifts its activations with the same rule."""
-  return 0 if lo >= INT8_MIN and hi <= INT8_MAX else lo - INT8_MIN
-
-
 def product(primitive: Callable, x: jax.Array, w: jax.Array, act: IntegerGrid,
             weight: IntegerGrid) -> jax.Array:
   """`primitive(x, w)` (a bound `conv_general_dilated` or `dot_general`) on the integers.
@@ -77,7 +68,7 @@ def product(primitive: Callable, x: jax.Array, w: jax.Array, act: IntegerGrid,
   `primitive`'s own VJP at (x, w); the scales get no gradient here (theirs flows through the
   quantizers that made x and w).
   """
-  offset = int8_shift(act.lo, act.hi)
+  offset = int8.shift(act.lo, act.hi)
   out_dtype = jnp.result_type(x, w)
 
   def integers(t, scale, shift):

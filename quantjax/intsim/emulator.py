@@ -27,9 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from quantjax import int8
 from quantjax.export.graph import Graph
 from quantjax.export.rescale import level_thresholds
-from quantjax.intercept.integer import AUTO_MIN_CHANNELS, INT8_MAX, INT8_MIN, int8_shift
+from quantjax.int8 import INT8_MAX, INT8_MIN
 from quantjax.intsim.accelerator import Accelerator
 from quantjax.quantizers.codes import WeightCodes
 
@@ -67,7 +68,7 @@ def _int8_offset(lo: int, hi: int, w: np.ndarray) -> int | None:
   """
   if w.size == 0 or w.min() < INT8_MIN or w.max() > INT8_MAX or hi - lo > INT8_MAX - INT8_MIN:
     return None
-  offset = int8_shift(lo, hi)
+  offset = int8.shift(lo, hi)
   if offset == 0:
     return 0
   per_channel = np.sum(np.abs(w.reshape(-1, w.shape[-1])), axis=0)
@@ -198,15 +199,14 @@ class Emulator:
       else:  # maxpool, flatten: values of the input
         mag[out] = mag[n["in"]]
 
-  def _mac_path(self, bound: int, int8: bool, in_channels: int) -> str:
+  def _mac_path(self, bound: int, int8_operands: bool, in_channels: int) -> str:
     """'f32' (exact below 2^24), 'int' (int32 sums) or 'i64'. 'auto' takes int8 operands where
-    training's integer products would (a CPU, at least `AUTO_MIN_CHANNELS` input channels):
-    there XLA's int8 convolutions and matmuls run faster than float32 ones."""
+    training's integer products would (`quantjax.int8.pays`: a CPU, at least 32 input
+    channels): there XLA's int8 convolutions and matmuls run faster than float32 ones."""
     if bound >= 2**31:
       return "i64"
-    if self.accel.mac == "int" or (self.accel.mac == "auto" and int8
-                                   and jax.default_backend() == "cpu"
-                                   and in_channels >= AUTO_MIN_CHANNELS):
+    if self.accel.mac == "int" or (self.accel.mac == "auto" and int8_operands
+                                   and int8.pays(in_channels)):
       return "int"
     return "f32" if bound < 2**24 else "int"
 

@@ -21,9 +21,9 @@ one layer's work), and candidates are counted from it:
   slots at once and every iteration computes a full batch. The searched layer's convolution,
   whose kernel differs per slot, runs slot by slot (`lax.map`) rather than as the grouped
   convolution `vmap` would make of it (several times slower on CPU). The default is one slot:
-  on a 2-core CPU a lane counted over all `rows` images at a time took 0.6x the time it took
-  with 8 slots of `rows / 8` (the Sequential net, 6,000 images, every cut tried); several
-  slots pay only where one lane's batch does not fill the device.
+  on a 2-core CPU the whole search on the Sequential net took 507 s with one slot against 709 s
+  with 8 slots of `rows / 8` (`results/ptq_search_time.md`); several slots can pay only where
+  one lane's batch does not fill the device.
 
 Every computed layer does the arithmetic of the full evaluation on the same images; only which
 images share a batch changes.

@@ -81,8 +81,8 @@ def main(argv):
   del argv
   unknown = set(_ROWS.value) - {"plain", "slots8", *SPEEDUPS}
   if unknown:
-    raise ValueError(f"--rows {sorted(unknown)} not valid; choose plain, "
-                     f"{', '.join(SPEEDUPS)}, slots8")
+    raise app.UsageError(f"--rows {sorted(unknown)} not valid; choose plain, "
+                         f"{', '.join(SPEEDUPS)}, slots8")
   float_run(_INIT_FROM.value)
   config = fashion.get_config("ptq_fixedpoint")
   config.model = "sequential"

@@ -9,10 +9,12 @@ from quantjax.export import export_run
 from quantjax.export.graph import Builder
 from quantjax.intsim import Accelerator, Emulator
 from quantjax.intsim.emulator import (
+  _round_scaled,
   _round_shift,
   conv_lowering,
   conv_patches,
   decoded_range,
+  padded_outputs,
   value_ranges,
 )
 from tests.intsim import reference
@@ -116,6 +118,18 @@ def test_conv_patches_is_the_integer_conv(strides, padding, dtype, pref):
 def test_conv_lowering_by_backend():
   assert conv_lowering("auto", "gpu") == "patches" and conv_lowering("auto", "cpu") == "lax"
   assert conv_lowering("lax", "gpu") == "lax"
+  # On a CPU, int8 operands with few input channels run as patches; from 16 on, directly, the
+  # kernel padded to 32 output channels; wider operands always directly, unpadded.
+  lowering = {c: conv_lowering("auto", "cpu", int8_operands=True, in_channels=c)
+              for c in (1, 6, 15, 16, 31, 32, 64)}
+  assert lowering == {1: "patches", 6: "patches", 15: "patches", 16: "lax", 31: "lax",
+                      32: "lax", 64: "lax"}
+  assert conv_lowering("auto", "cpu", int8_operands=False, in_channels=6) == "lax"
+  assert conv_lowering("auto", "gpu", int8_operands=True, in_channels=64) == "patches"
+  assert [padded_outputs(o, "lax", True, "cpu") for o in (6, 16, 32, 64)] == [32, 32, 32, 64]
+  assert padded_outputs(16, "patches", True, "cpu") == 16
+  assert padded_outputs(16, "lax", False, "cpu") == 16
+  assert padded_outputs(16, "lax", True, "gpu") == 16
   with pytest.raises(ValueError, match="valid: auto, lax, patches"):
     conv_lowering("im2col")
 
@@ -133,6 +147,21 @@ def test_patches_lowering_bit_exact_with_strides_and_residuals(quantized_run):
              for c in convs)
 
 
+def test_integer_lowerings_chosen_per_layer_bit_exact(quantized_run):
+  # mac='int', conv='auto' on a CPU: ResNet-20's 16-channel int8 convolutions run directly on a
+  # kernel padded to 32 outputs, the first (1 channel, wider operands) directly; all bit-exact.
+  if jax.default_backend() != "cpu":
+    pytest.skip("the per-layer integer lowering is the CPU's")
+  exp, variables, images, _ = quantized_run("resnet20", "uniform8")
+  graph = export_run(exp, variables)
+  plan = Emulator(graph, Accelerator(mac="int")).plan
+  convs = [n for n in graph.layers() if n["op"] == "conv"]
+  padded = [n["out"] for n in convs if "outputs" in plan[n["out"]]]
+  assert padded and all(plan[o]["dtype"] == "int8" and plan[o]["conv"] == "lax" for o in padded)
+  assert all(plan[o]["outputs"] == 16 for o in padded)
+  _check_bit_exact(graph, images[:2], mac="int")
+
+
 def test_narrow_accumulator_overflows_saturate_vs_wrap(quantized_run):
   exp, variables, images, _ = quantized_run("lenet5", "uniform8")
   graph = export_run(exp, variables)
@@ -146,6 +175,10 @@ def test_narrow_accumulator_overflows_saturate_vs_wrap(quantized_run):
   assert sat_stats["conv1"] == wrap_stats["conv1"]
   assert sat_stats["conv1"]["overflows"] > 0
   assert not np.array_equal(sat, wrap)
+  # Without the counts, the same integers: saturation and wrapping still model the accumulator.
+  for overflow, want in (("saturate", sat), ("wrap", wrap)):
+    emulator = Emulator(graph, Accelerator(acc_bits=14, overflow=overflow))
+    np.testing.assert_array_equal(emulator.outputs(images), want)
   # Where K·max|a|·max|w| + max|bias| fits the accumulator, overflow is impossible and only max|s|
   # is counted (the counts above agree with the reference either way).
   wide_plan, narrow_plan = (Emulator(graph, Accelerator(acc_bits=b)).plan for b in (32, 14))
@@ -154,7 +187,7 @@ def test_narrow_accumulator_overflows_saturate_vs_wrap(quantized_run):
     bias = int(np.max(np.abs(graph.tensors[f"{n['out']}.bias"])))
     assert p["fits"] == (p["bound"] + bias < 2**31)
     assert narrow_plan[n["out"]]["fits"] == (p["bound"] + bias < 2**13)
-  assert all(p["fits"] for p in wide_plan.values())
+  assert all(p["fits"] for p in wide_plan.values() if "fits" in p)  # layers and residual adds
   assert not narrow_plan[graph.layers()[0]["out"]]["fits"]
 
 
@@ -173,6 +206,51 @@ def test_round_shift_hand_worked():
       got = _round_shift(jnp.asarray(t, jnp.int64), jnp.asarray(shift, jnp.int64), mode)
       np.testing.assert_array_equal(np.asarray(got), want, err_msg=mode)
       np.testing.assert_array_equal(reference._shift_round(t, shift, mode), want, err_msg=mode)
+
+
+@pytest.mark.parametrize("rounding", ["half_even", "half_up", "floor"])
+def test_float64_rounding_equals_the_integer_shift(rounding):
+  # Ties, near-ties and values at the edge |t| + 2^shift = 2^53, where float64 is still exact.
+  rng = np.random.default_rng(1)
+  shift = rng.integers(0, 41, 4000)
+  k = rng.integers(-2**12, 2**12, 4000)
+  near = rng.integers(-2, 3, 4000)
+  t = k * 2**shift + (2**shift >> 1) + near  # around a tie (a tie itself where near = 0)
+  edge_shift = np.array([0, 1, 2, 10, 30, 40, 40])
+  edge = 2**53 - 2**edge_shift
+  t, shift = np.concatenate([t, edge, -edge]), np.concatenate([shift, edge_shift, edge_shift])
+  assert np.all(np.abs(t) + 2.0**shift <= 2.0**53)
+  with jax.enable_x64(True):
+    want = np.asarray(_round_shift(jnp.asarray(t), jnp.asarray(shift), rounding))
+    half = np.where(shift > 0, np.ldexp(1.0, shift - 1), 0.0)
+    got = _round_scaled(jnp.asarray(t, jnp.float64), jnp.asarray(np.ldexp(1.0, -shift)),
+                        jnp.asarray(half), rounding)
+    np.testing.assert_array_equal(np.asarray(got).astype(np.int64), want)
+  np.testing.assert_array_equal(want, reference._shift_round(t, shift, rounding))
+
+
+def test_float64_rescales_where_proven_and_int64_elsewhere(quantized_run):
+  # Float64 where max|r|·max(m) + max|o| + 2^max(shift) <= 2^53 (every conv's requant and the
+  # residual adds here), int64 where the bound passes it (after the sum pool: 64 positions of
+  # 31-bit multiplied codes). Both bit-exact; forcing all onto int64 changes no integer.
+  exp, variables, images, _ = quantized_run("resnet20", "uniform4")
+  graph = export_run(exp, variables)
+  emulator = Emulator(graph)
+  rescales = [n["out"] for n in graph.nodes
+              if n["op"] == "add" or (n["op"] == "requant" and n["kind"] == "dyadic")]
+  kinds = {emulator.plan[out]["f64"] for out in rescales}
+  assert kinds == {True, False}
+  pooled = next(n for n in graph.nodes if n["op"] == "sumpool")["out"]
+  after_pool = next(n["out"] for n in graph.nodes if n.get("in") == pooled)
+  assert emulator.plan[after_pool]["f64"] is False
+  out, stats = _check_bit_exact(graph, images[:2])
+  forced = Emulator(graph)
+  for name in rescales:  # before the first call traces the plan
+    forced.plan[name]["f64"] = False
+  forced_out, forced_stats = forced(images[:2])
+  np.testing.assert_array_equal(forced_out, out)
+  assert forced_stats == stats
+  np.testing.assert_array_equal(emulator.outputs(images[:2]), out)
 
 
 def test_builder_rejects_float_layers(quantized_run):

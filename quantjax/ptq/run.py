@@ -113,7 +113,7 @@ def _float_variables(exp: experiment.Experiment, init_from: str, images) -> dict
         raise ValueError(f"init_from checkpoint has no {collection} {key} of shape {leaf.shape} "
                          f"(model {exp.config.model!r}); is it a run of this model?")
     out[collection] = traverse_util.unflatten_dict(
-        {k: jnp.asarray(flat_src[k]) for k in flat_ref}, sep="/")
+        {k: jax.device_put(flat_src[k]) for k in flat_ref}, sep="/")
   return out
 
 

@@ -7,7 +7,6 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from absl import logging
 
 from quantjax import cost, data
@@ -110,7 +109,7 @@ def evaluate_workdir(workdir: str, *, split: str = "test", mode: str = "fakequan
   mesh = sharding.make_mesh(config.get("num_devices", 0))
   batch_size = batch_size or config.eval_batch_size
   sharding.check_batch_size(batch_size, mesh, "batch_size")
-  variables = jax.tree_util.tree_map(jnp.asarray, variables)
+  variables = jax.device_put(variables)  # jnp.asarray would compile a copy per leaf shape
   result = evaluate_variables(exp, variables, split, batch_size, mesh, plan=plan)
   summary = {
       "workdir": os.path.abspath(workdir),

@@ -49,7 +49,7 @@ def init_state(exp: experiment.Experiment, config, first_batch: dict[str, Any],
   from its latest checkpoint, and quantizer variables are then calibrated from those weights.
   When `resuming`, the workdir's own checkpoint replaces all of it, so init_from is not read.
   """
-  images = jnp.asarray(first_batch["image"])
+  images = jax.device_put(first_batch["image"])
   rngs = {"params": jax.random.key(config.seed), "dropout": jax.random.key(config.seed + 1)}
   # Jitted: run eagerly, every quantizer op would compile (and keep) its own tiny executable,
   # hundreds of MiB for the log-domain quantizers.
@@ -90,7 +90,7 @@ def _load_pretrained(exp, variables, pretrained, rngs, images):
         raise ValueError(f"init_from checkpoint has {collection} {key} of shape "
                          f"{np.shape(flat_src[key])}, model {exp.config.model!r} needs {ref.shape}")
     loaded[collection] = traverse_util.unflatten_dict(
-        {k: jnp.asarray(flat_src[k]) for k in flat_ref}, sep="/")
+        {k: jax.device_put(flat_src[k]) for k in flat_ref}, sep="/")
   if not exp.plan:
     return {**variables, **loaded}
   apply = quantized_apply(exp.model, exp.plan, training=False)

@@ -39,7 +39,7 @@ from absl import app, flags
 
 from quantjax import intercept, models
 from quantjax.reports.machine import machine
-from quantjax.train import steps
+from quantjax.train import optimizer, steps
 from quantjax.train.state import TrainState
 
 _MODEL = flags.DEFINE_string("model", "lenet5", "Model name (quantjax.models).")
@@ -105,8 +105,11 @@ def want_peer() -> bool:
 def build(model, plan, images, labels):
   variables = intercept.quantized_init(model, plan)({"params": jax.random.key(0)}, images,
                                                     train=False)
+  # The optimizer as training builds it: the quantizers' parameters updated as one vector.
+  tx = optimizer.partitioned(optax.adam(1e-3), intercept.quantizer_params(
+      model, variables["params"], images, train=False))
   state = TrainState.create(apply_fn=model.apply, params=variables["params"],
-                            tx=optax.adam(1e-3), batch_stats=variables.get("batch_stats", {}),
+                            tx=tx, batch_stats=variables.get("batch_stats", {}),
                             quant_state=variables.get(intercept.QUANT_STATE, {}))
   step = jax.jit(steps.make_train_step(model, plan, 10, seed=0, aux_loss_weight=1.0),
                  donate_argnames=("state",))

@@ -7,6 +7,7 @@ from quantjax.intercept.interceptor import (
     quantize,
     quantized_apply,
     quantized_init,
+    quantizer_params,
 )
 from quantjax.intercept.layers import (
     FloatLayer,
@@ -37,6 +38,7 @@ __all__ = [
     "quantize",
     "quantized_apply",
     "quantized_init",
+    "quantizer_params",
     "resolve",
     "sample_input",
 ]

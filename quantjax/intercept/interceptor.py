@@ -24,6 +24,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+from flax import traverse_util
 
 from quantjax.intercept import integer
 from quantjax.intercept.layers import QUANTIZABLE, module_path
@@ -159,3 +160,16 @@ def quantized_init(model: nn.Module, plan: QuantPlan | None) -> Callable:
       return model.init(rngs, *args, **kwargs)
 
   return init
+
+
+def quantizer_params(model: nn.Module, params: dict[str, Any], *args, **kwargs) -> dict[str, Any]:
+  """A pytree like `params` (a quantized model's 'params'): True at the leaves the plan's
+  quantizers created (`kernel_scale`, `input_scale`, ...), False at the model's own.
+
+  The quantizers' parameters are what `params` holds beyond `model.init(rngs, *args, **kwargs)`
+  (found by shape evaluation only: nothing is computed).
+  """
+  own = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, *args, **kwargs))
+  own = traverse_util.flatten_dict(own.get("params", {}))
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict({k: k not in own for k in flat})

@@ -18,7 +18,7 @@ from absl import logging
 from flax import traverse_util
 
 from quantjax import data
-from quantjax.intercept import QUANT_STATE, quantized_apply, quantized_init
+from quantjax.intercept import QUANT_STATE, quantized_apply, quantized_init, quantizer_params
 from quantjax.reports import progress as progress_bar
 from quantjax.train import (
   checkpoint,
@@ -59,10 +59,11 @@ def init_state(exp: experiment.Experiment, config, first_batch: dict[str, Any],
     pretrained, step = checkpoint.restore_variables(config.init_from)
     logging.info("initialising weights from %s (step %d)", config.init_from, step)
     variables = _load_pretrained(exp, variables, pretrained, rngs, images)
+  mask = quantizer_params(exp.model, variables["params"], images, train=False)
   return TrainState.create(
       apply_fn=quantized_apply(exp.model, exp.plan, training=None),  # never the float apply
       params=variables["params"],
-      tx=optimizer.make_optimizer(config, steps_per_epoch),
+      tx=optimizer.make_optimizer(config, steps_per_epoch, mask),
       batch_stats=variables.get("batch_stats", {}),
       quant_state=variables.get(QUANT_STATE, {}),
   )

@@ -1,5 +1,6 @@
 """Learning-rate schedule and weight-decay mask."""
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -40,3 +41,50 @@ def test_weight_decay_only_on_kernels():
 def test_unknown_optimizer():
   with pytest.raises(ValueError, match="optimizer='rmsprop' is not valid"):
     optimizer.make_optimizer(_config(optimizer="rmsprop"), steps_per_epoch=1)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_quantizer_params_as_one_vector_update_like_leaf_by_leaf(name):
+  # Three steps on random gradients: the partitioned optimizer (quantizer parameters flattened)
+  # gives every leaf the update the plain one gives, and no decay on the quantizer parameters.
+  rng = np.random.default_rng(0)
+  params = {"conv": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2),
+                     "kernel_scale": jnp.full(2, 0.5), "input_scale": jnp.asarray(0.25)},
+            "fc": {"kernel": jnp.ones((2, 2)), "kernel_scale": jnp.full(2, 0.1)}}
+  mask = {"conv": {"kernel": False, "bias": False, "kernel_scale": True, "input_scale": True},
+          "fc": {"kernel": False, "kernel_scale": True}}
+  config = _config(optimizer=name, warmup_epochs=0.0, schedule="constant", learning_rate=0.01)
+  plain = optimizer.make_optimizer(config, steps_per_epoch=1)
+  split = optimizer.make_optimizer(config, steps_per_epoch=1, quantizer_mask=mask)
+  assert type(split.init(params)) is not type(plain.init(params))  # it is partitioned
+  steps = [jax.tree_util.tree_map(
+      lambda v: jnp.asarray(rng.normal(size=np.shape(v)), jnp.float32), params) for _ in range(3)]
+  results = []
+  for tx in (plain, split):
+    p, state = params, tx.init(params)
+    for grads in steps:
+      updates, state = tx.update(grads, state, p)
+      p = optax.apply_updates(p, updates)
+    results.append(p)
+  for a, b in zip(*(jax.tree_util.tree_leaves(r) for r in results), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  assert optimizer.partitioned(plain, None) is plain
+  assert optimizer.partitioned(plain, {"a": False}) is plain
+
+
+def test_quantizer_params_are_what_the_plan_added():
+  import flax.linen as nn
+
+  from quantjax.intercept import quantizer_params
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      return nn.Dense(3, name="fc")(nn.Dense(4, name="hidden")(x))
+
+  params = {"hidden": {"kernel": jnp.ones((2, 4)), "bias": jnp.ones(4),
+                       "kernel_scale": jnp.ones(4)},
+            "fc": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3), "input_scale": jnp.ones(())}}
+  mask = quantizer_params(Net(), params, jnp.ones((1, 2)), train=False)
+  assert mask == {"hidden": {"kernel": False, "bias": False, "kernel_scale": True},
+                  "fc": {"kernel": False, "bias": False, "input_scale": True}}

@@ -35,16 +35,25 @@ def test_float_training_on_four_devices_matches_one(tiny_config, tmp_path):
 
 @needs_4
 def test_quantized_training_on_four_devices_matches_one(tiny_config, tmp_path):
-  # Rounding amplifies the last-bit differences of a sharded reduction, so after a few steps the
-  # runs may differ by a flipped code; the first steps and the loss curve must agree closely.
+  # Rounding amplifies the last-bit differences of a sharded reduction: once a code flips, the
+  # runs drift apart chaotically (after 6 steps, 1 to 306 of the 61,950 parameters were off by
+  # the measure below over seeds 0-2, both with and without the quantizers' parameters updated
+  # as one vector). Before that they agree: the first loss exactly, the first checkpoint (step 2)
+  # all but 0.1 % of parameters; after it the loss curve and 99 % of parameters still do.
   _, p1, l1 = _run(tiny_config, str(tmp_path / "d1"), 1)
   _, p4, l4 = _run(tiny_config, str(tmp_path / "d4"), 4)
   np.testing.assert_allclose(l1[0], l4[0], rtol=1e-6)
   np.testing.assert_allclose(l1, l4, rtol=2e-2)
-  a = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(p1)])
-  b = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(p4)])
-  off = np.abs(a - b) > 2e-3 + 0.05 * np.abs(b)
-  assert off.mean() < 1e-3, f"{off.sum()} of {off.size} parameters differ"
+
+  def off(p, q):
+    a = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(p)])
+    b = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(q)])
+    return np.abs(a - b) > 2e-3 + 0.05 * np.abs(b)
+
+  first = off(*(checkpoint.restore_variables(str(tmp_path / d), 2)[0] for d in ("d1", "d4")))
+  assert first.mean() < 1e-3, f"step 2: {first.sum()} of {first.size} parameters differ"
+  last = off(p1, p4)
+  assert last.mean() < 1e-2, f"step 6: {last.sum()} of {last.size} parameters differ"
 
 
 def test_batch_must_divide_over_devices(tiny_config, tmp_path):

@@ -59,8 +59,13 @@ def restore_into(mngr: ocp.CheckpointManager, state, step: int):
   try:
     tree = mngr.restore(step, args=ocp.args.StandardRestore(target))
   except Exception as e:  # noqa: BLE001  orbax raises many types for a bad checkpoint
-    raise ValueError(
-        f"checkpoint {mngr.directory}/{step} cannot be restored: {_first_line(e)}") from None
+    hint = ""
+    if "tree structures do not match" in str(e):  # intact, but laid out by other code
+      hint = (" (its state is laid out otherwise: written by another quantjax version, whose "
+              "optimizer state differs; resume it with that version, or fine-tune from it in a "
+              "new workdir with --config.init_from)")
+    raise ValueError(f"checkpoint {mngr.directory}/{step} cannot be restored: "
+                     f"{_first_line(e)}{hint}") from None
   return state.replace(**tree)
 
 

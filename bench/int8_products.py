@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from quantjax import int8
-from quantjax.intsim.emulator import conv_patches
+from quantjax.intsim.lowering import conv_patches
 from quantjax.reports.machine import machine
 
 _REPS = flags.DEFINE_integer("reps", 9, "Interleaved repetitions per shape.")

@@ -169,7 +169,8 @@ def quantizer_params(model: nn.Module, params: dict[str, Any], *args, **kwargs) 
   The quantizers' parameters are what `params` holds beyond `model.init(rngs, *args, **kwargs)`
   (found by shape evaluation only: nothing is computed).
   """
-  own = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, *args, **kwargs))
+  rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}  # as training's init
+  own = jax.eval_shape(lambda: model.init(rngs, *args, **kwargs))
   own = traverse_util.flatten_dict(own.get("params", {}))
   flat = traverse_util.flatten_dict(params)
   return traverse_util.unflatten_dict({k: k not in own for k in flat})

@@ -140,7 +140,6 @@ class Emulator:
     self.graph = graph
     self.accel = accel or Accelerator()
     conv_lowering(conv)  # a valid name, before any work
-    self.conv = conv
     self.ranges = value_ranges(graph)
     self.plan: dict[str, dict[str, Any]] = {}
     consts: dict[str, Any] = {}

@@ -59,7 +59,8 @@ def init_state(exp: experiment.Experiment, config, first_batch: dict[str, Any],
     pretrained, step = checkpoint.restore_variables(config.init_from)
     logging.info("initialising weights from %s (step %d)", config.init_from, step)
     variables = _load_pretrained(exp, variables, pretrained, rngs, images)
-  mask = quantizer_params(exp.model, variables["params"], images, train=False)
+  # A float run has no quantizer parameters: no shape evaluation of the model for it.
+  mask = quantizer_params(exp.model, variables["params"], images, train=False) if exp.plan else None
   return TrainState.create(
       apply_fn=quantized_apply(exp.model, exp.plan, training=None),  # never the float apply
       params=variables["params"],

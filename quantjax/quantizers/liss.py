@@ -126,8 +126,7 @@ def inject_noise(x: Array, levels: Array, u: Array) -> Array:
   edges = jnp.concatenate([
       (1.5 * levels[:1] - 0.5 * levels[1:2]), midpoints, (1.5 * levels[-1:] - 0.5 * levels[-2:-1])
   ])  # [k+1]: bin i is [edges[i], edges[i+1]]
-  idx = jnp.searchsorted(midpoints, x, side="left", method="compare_all")  # a small table
-  width = edges[idx + 1] - edges[idx]
+  width = kmeans.interval_lookup(x, midpoints, edges[1:] - edges[:-1])
   return x + jax.lax.stop_gradient(width * (u - 0.5)).astype(x.dtype)
 
 

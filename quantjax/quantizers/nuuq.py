@@ -63,7 +63,7 @@ def snap_to_levels(x: Array, levels: Array, estimator: str) -> Array:
   ('clipped_ste'); the table gets no gradient (it is fitted, not learned).
   """
   del estimator
-  return levels[kmeans.nearest_index(x, levels)].astype(x.dtype)
+  return kmeans.nearest_level(x, levels).astype(x.dtype)
 
 
 def _snap_to_levels_fwd(x, levels, estimator):

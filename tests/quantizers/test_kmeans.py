@@ -52,6 +52,24 @@ def test_nearest_index_ties_go_down_and_repeats_share_an_index():
   np.testing.assert_array_equal(kmeans.nearest_index(x, levels), [0, 0, 1, 1, 1, 1, 3, 3])
 
 
+@pytest.mark.parametrize("k", [2, 16, 64, 256])
+def test_nearest_index_and_level_match_a_numpy_search(k):
+  rng = np.random.default_rng(k)
+  levels = np.sort(rng.normal(size=k)).astype(np.float32)
+  levels[k // 2] = levels[k // 2 - 1]  # a merged level
+  midpoints = np.float32(0.5) * (levels[1:] + levels[:-1])
+  # Random values, the midpoints themselves (ties go down) and their float neighbours.
+  x = np.concatenate([rng.normal(scale=2.0, size=3000).astype(np.float32), midpoints,
+                      np.nextafter(midpoints, np.float32(np.inf)),
+                      np.nextafter(midpoints, np.float32(-np.inf))]).reshape(3, -1)
+  raw = np.searchsorted(midpoints, x, side="left")
+  first = np.searchsorted(levels, levels[raw], side="left")
+  got = jax.jit(kmeans.nearest_index)(x, levels)
+  assert got.dtype == jnp.int32
+  np.testing.assert_array_equal(got, first)
+  np.testing.assert_array_equal(jax.jit(kmeans.nearest_level)(x, levels), levels[raw])
+
+
 def test_matches_numpy_reference_under_jit():
   x = jax.random.normal(jax.random.key(0), (64, 80))
   lloyd = jax.jit(lambda v: kmeans.lloyd(v, 5, 15))

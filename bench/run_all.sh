@@ -10,12 +10,14 @@ mkdir -p "$runs"
 # Training-step overhead against float and Qwix, interleaved in one process per model.
 # Every model of the registry; the ratio's interquartile range is the spread to read.
 python bench/step_time.py --model=lenet5 --batch_size=128 --reps=15 --out=results/step_time.md
-python bench/step_time.py --model=sequential --batch_size=128 --reps=15 \
+python bench/step_time.py --model=sequential --batch_size=128 --steps=2 --reps=11 \
   --out=results/step_time_sequential.md
-for model in resnet20 vgg_small resnet18; do
-  python bench/step_time.py --model=$model --batch_size=128 --steps=3 --reps=11 \
+for model in resnet20 vgg_small; do
+  python bench/step_time.py --model=$model --batch_size=128 --steps=2 --reps=7 \
     --out=results/step_time_$model.md
 done
+python bench/step_time.py --model=resnet18 --batch_size=128 --steps=1 --reps=3 \
+  --out=results/step_time_resnet18.md
 # What the integer products bought: the same rows with the float products of fake-quantized values.
 python bench/step_time.py --model=vgg_small --batch_size=128 --steps=2 --reps=9 \
   --integer_products=off --peer=none --rows=uniform/W8A8,uniform/W4A4,esb/W4A4-k2,nuuq/N4,liss/W4A4 \

@@ -58,22 +58,26 @@ def code_range(bits: int, signed: bool, symmetric: bool) -> tuple[int, int]:
   return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def fake_quant(x: Array, scale: Array, zero_point: Array, grid: _Grid) -> Array:
-  """`(clip(round(x/s) + z, qmin, qmax) - z) * s`, with straight-through style gradients."""
+def _fake_quant(x: Array, scale: Array, zero_point: Array, grid: _Grid) -> Array:
   codes = jnp.clip(jnp.round(x / scale + zero_point), grid.qmin, grid.qmax)
   return (codes - zero_point) * scale
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def fake_quant(x: Array, scale: Array, zero_point: Array, grid: _Grid) -> Array:
+  """`(clip(round(x/s) + z, qmin, qmax) - z) * s`, with straight-through style gradients."""
+  return _fake_quant(x, scale, zero_point, grid)
+
+
 def _fake_quant_fwd(x, scale, zero_point, grid):
-  v = x / scale + zero_point
-  codes = jnp.clip(jnp.round(v), grid.qmin, grid.qmax)
-  # Only v is saved: the codes are recomputed from it, one tensor less written and read.
-  return (codes - zero_point) * scale, (v, scale, zero_point)
+  # The input is saved, not x/s: x is usually written anyway (the layer before made it), and
+  # the backward pass recomputes x/s and the codes where it reads them.
+  return _fake_quant(x, scale, zero_point, grid), (x, scale, zero_point)
 
 
 def _fake_quant_bwd(grid, residuals, g):
-  v, scale, zero_point = residuals
+  x, scale, zero_point = residuals
+  v = x / scale + zero_point
   codes = jnp.clip(jnp.round(v), grid.qmin, grid.qmax)
   inside = (v >= grid.qmin) & (v <= grid.qmax)
   dx = estimators.input_grad(g, inside, grid.estimator)

@@ -1,20 +1,23 @@
-"""Fake-quant training-step time of every quantizer as a ratio to float, measured in one process.
+"""Fake-quant training-step time of every quantizer as a ratio to float, interleaved in one run.
 
-  python bench/step_time.py --model=lenet5 --batch_size=128 --out=results/step_time.md
+  python bench/step_time.py --model=lenet5 --batch_size=128 --reps=7 --processes=3 \
+    --out=results/step_time.md
   python bench/step_time.py --model=resnet20 --batch_size=128 --steps=5 --reps=15 \
     --out=results/step_time_resnet20.md
   (bench/run_all.sh runs it for every model of the registry)
 
 For one model, batch and optimizer, it compiles a train step per quantizer (the 4-bit row of each
-method in bench/accuracy_table.py, plus uniform W8A8 with learned (LSQ) and with max scales),
-then times them interleaved: every
-repetition runs each variant for `--steps` steps in turn, so machine noise hits all of them alike.
-Each variant's ratio to float is taken within each repetition; the table gives its median and
-interquartile range. With the 'bench' extra installed, the same model quantized W8A8 by Qwix's QAT
-is timed too, as the peer. Targets (issue 14): every quantizer at most 1.10x float; uniform W8A8
-with max scales (`uniform/W8A8-max`, Qwix's absmax rule done by quantjax) at most 1.03x and at or
-below Qwix's ratio. A variant the backend cannot compile is reported as
-failed (e.g. Qwix's int8 convolutions on XLA GPU).
+method in bench/accuracy_table.py, plus uniform W8A8 with learned (LSQ) and with max scales), then
+times them interleaved: every repetition runs each variant for `--steps` steps in turn, so machine
+noise hits all of them alike. Each variant's ratio to float is taken within each repetition; the
+table gives its median and interquartile range. `--processes=N` runs the whole measurement in N
+fresh processes and pools their repetitions: on this CPU a process alone can shift float LeNet-5's
+step by 30 % (14 to 19 ms, a quantized step unmoved), an offset no number of repetitions within one
+process shows. With the 'bench' extra installed, the same model quantized W8A8 by Qwix's QAT is
+timed too, as the peer. Targets (issue 14): every quantizer at most 1.10x float; uniform W8A8 with
+max scales (`uniform/W8A8-max`, Qwix's absmax rule done by quantjax) at most 1.03x and at or below
+Qwix's ratio. A variant the backend cannot compile is reported as failed (e.g. Qwix's int8
+convolutions on XLA GPU).
 
 What a quantized step cost on VGG-small (found by reading Qwix's QAT and timing convolutions):
 Qwix forms each forward convolution on int8 operands with an int32 sum, and on this CPU an int8
@@ -29,8 +32,12 @@ its layers do as Qwix does wherever both operands sit on <=8-bit integer grids
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import accuracy_table  # bench/ is the script's directory, so its sibling imports directly
@@ -57,6 +64,11 @@ _PEER = flags.DEFINE_enum(
 _INTEGER = flags.DEFINE_enum(
     "integer_products", "auto", ["auto", "on", "off"],
     "The plans' quant.integer_products: 'off' times the float products of fake-quantized values.")
+_PROCESSES = flags.DEFINE_integer(
+    "processes", 1, "Run the whole measurement in this many fresh processes, one after another, "
+    "and pool their repetitions (a process's own offset then shows in the spread).")
+_CHILD_JSON = flags.DEFINE_string("child_json", "", "Internal: where a child process of "
+                                  "--processes writes its times.")
 _ROWS = flags.DEFINE_list("rows", [], "Rows to time besides float (default: ROWS), e.g. "
                           "uniform/W8A8,uniform/W4A4.")
 
@@ -131,11 +143,9 @@ def build(model, plan, images, labels):
   return step, state, batch
 
 
-def main(argv):
-  del argv
-  unknown = sorted(set(_ROWS.value) - set(ROWS))
-  if unknown:
-    raise app.UsageError(f"--rows: unknown {', '.join(unknown)}; valid: {', '.join(ROWS)}")
+def measure() -> tuple[dict[str, list[float]], dict[str, str]]:
+  """Seconds per step of every variant, per repetition (interleaved), and the variants that
+  failed to build on this backend (their first error line)."""
   shape = (28, 28, 1) if _MODEL.value in ("lenet5", "sequential") else (32, 32, 3)
   model = models.get_model(_MODEL.value, num_classes=10)
   images = jax.random.normal(jax.random.key(1), (_BATCH.value, *shape))
@@ -162,6 +172,48 @@ def main(argv):
       jax.block_until_ready(metrics)
       times[name].append((time.perf_counter() - start) / _STEPS.value)
       run[1] = state
+  return times, failed
+
+
+def measure_in_processes(n: int) -> tuple[dict[str, list[float]], dict[str, str]]:
+  """`measure()` in `n` fresh processes one after another, their repetitions pooled.
+
+  A process's compiled programs and buffers sit where they sit for its whole life, and on this
+  CPU that alone moved float LeNet-5's step between 14 and 19 ms from one process to the next
+  while a quantized step stayed at 15 ms: ratios from one process carry that offset, which its
+  repetitions cannot show.
+  """
+  times: dict[str, list[float]] = {}
+  failed: dict[str, str] = {}
+  argv = [a for a in sys.argv[1:] if not a.startswith(("--processes", "--out", "--child_json"))]
+  with tempfile.TemporaryDirectory() as tmp:
+    for i in range(n):
+      path = os.path.join(tmp, f"{i}.json")
+      subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--processes=1",
+                      f"--child_json={path}"], check=True)
+      with open(path) as f:
+        child = json.load(f)
+      for name, ts in child["times"].items():
+        times.setdefault(name, []).extend(ts)
+      failed.update(child["failed"])
+  return times, failed
+
+
+def main(argv):
+  del argv
+  unknown = sorted(set(_ROWS.value) - set(ROWS))
+  if unknown:
+    raise app.UsageError(f"--rows: unknown {', '.join(unknown)}; valid: {', '.join(ROWS)}")
+  if _PROCESSES.value < 1:
+    raise app.UsageError(f"--processes={_PROCESSES.value}: must be at least 1")
+  if _PROCESSES.value > 1:
+    times, failed = measure_in_processes(_PROCESSES.value)
+  else:
+    times, failed = measure()
+  if _CHILD_JSON.value:
+    with open(_CHILD_JSON.value, "w") as f:
+      json.dump({"times": times, "failed": failed}, f)
+    return
   # Ratios taken within each repetition (the variants ran back to back), then their median and
   # interquartile range: the spread of the ratio, not of the machine's speed.
   ratios = {name: [t / f for t, f in zip(ts, times["float"], strict=True)]
@@ -173,14 +225,20 @@ def main(argv):
     q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
     return q1, q3
 
+  processes = _PROCESSES.value
+  reps = (f"{processes} processes x {_REPS.value} interleaved repetitions" if processes > 1
+          else f"{_REPS.value} interleaved repetitions")
   lines = [
       f"# Training-step time against float ({_MODEL.value}, batch {_BATCH.value})",
       "",
       f"Generated by `python bench/step_time.py --model={_MODEL.value} "
       f"--batch_size={_BATCH.value} --steps={_STEPS.value} --reps={_REPS.value}"
-      f"{'' if _INTEGER.value == 'auto' else ' --integer_products=' + _INTEGER.value}` on "
-      f"{datetime.date.today().isoformat()}, {machine()}; {_REPS.value} interleaved "
-      f"repetitions of {_STEPS.value} steps; the ratio to float is taken within each repetition, "
+      f"{'' if processes == 1 else f' --processes={processes}'}"
+      f"{'' if _INTEGER.value == 'auto' else ' --integer_products=' + _INTEGER.value}"
+      f"{'' if _PEER.value == 'auto' else ' --peer=' + _PEER.value}"
+      f"{' --rows=' + ','.join(_ROWS.value) if _ROWS.value else ''}` on "
+      f"{datetime.date.today().isoformat()}, {machine()}; {reps} of {_STEPS.value} steps; "
+      "the ratio to float is taken within each repetition, "
       "and its median and interquartile range (IQR; min-max below 4 repetitions) are shown. "
       f"Integer products: {_INTEGER.value} (`quant.integer_products`; 'auto' forms the layers "
       "whose operands sit on <=8-bit integer grids on int8 integers on a CPU).",

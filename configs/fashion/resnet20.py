@@ -5,8 +5,9 @@
     --workdir=runs/fm_r20/uniform --config.init_from=runs/fm_r20/float
 
 Why ResNet-20 and not VGG-small: at 28×28 it needs about 30 M multiply-adds per image against
-VGG-small's 150 M (64-128-256 channels), so on a 2-core CPU an epoch of 54,000 images is a few
-minutes rather than a quarter of an hour, and it is the network most low-bit papers report.
+VGG-small's 150 M (64-128-256 channels), and it is the network most low-bit papers report. Even so,
+on a 2-core CPU an epoch of 54,000 images takes about 7 minutes (421 steps at about one step per
+second), so the 40 float epochs take about 5 hours per seed; on one H200 GPU, 4 minutes.
 
 Float: SGD with Nesterov momentum 0.9, peak 0.1, cosine to zero over 40 epochs, weight decay 5e-4
 on kernels, random 2-pixel shifts and horizontal flips. Methods (the argument names a configs/
@@ -14,7 +15,8 @@ method config, as for configs/fashion/lenet5.py): their quantizers, fine-tuned 8
 from the float run; the first conv and the classifier keep 8-bit weights.
 
 Should reach: float >= 93.5 % test accuracy (3-seed mean; compact BN networks with augmentation
-reach 93-94.7 % in Fashion-MNIST's benchmark). Not yet measured: results/fashion.md says when it is.
+reach 93-94.7 % in Fashion-MNIST's benchmark). Measured: 94.75 ± 0.05 % over seeds 0-2
+(results/fashion_resnet20.md, `python bench/accuracy_table.py --dataset=fashion_mnist_resnet20`).
 """
 
 import ml_collections

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates every benchmark table of bench/README.md (about an hour on 2 CPU cores).
 #   pip install -e '.[bench,plots]' && bash bench/run_all.sh
-# The accuracy sweep (hours) is separate: python bench/accuracy_table.py
+# The accuracy sweeps (hours) are separate: python bench/accuracy_table.py [--dataset=...], and
+# the Sequential net's searches on Fashion-MNIST: python bench/ptq_table.py --dataset=fashion_mnist
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-runs/bench}

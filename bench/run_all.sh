@@ -10,7 +10,7 @@ mkdir -p "$runs"
 
 # Training-step overhead against float and Qwix, interleaved in one process per model.
 # Every model of the registry; the ratio's interquartile range is the spread to read.
-python bench/step_time.py --model=lenet5 --batch_size=128 --reps=7 --processes=3 \
+python bench/step_time.py --model=lenet5 --batch_size=128 --reps=5 --processes=5 \
   --out=results/step_time.md
 python bench/step_time.py --model=sequential --batch_size=128 --steps=2 --reps=11 \
   --out=results/step_time_sequential.md

@@ -1,6 +1,6 @@
 """Fake-quant training-step time of every quantizer as a ratio to float, interleaved in one run.
 
-  python bench/step_time.py --model=lenet5 --batch_size=128 --reps=7 --processes=3 \
+  python bench/step_time.py --model=lenet5 --batch_size=128 --reps=5 --processes=5 \
     --out=results/step_time.md
   python bench/step_time.py --model=resnet20 --batch_size=128 --steps=5 --reps=15 \
     --out=results/step_time_resnet20.md

@@ -78,8 +78,7 @@ W8A8_LIMIT = 1.03  # uniform W8A8's, which must also be at or below Qwix's ratio
 EIGHT_BIT = dict(name="uniform", bits=8, granularity="channel", scale_method="lsq")
 # Uniform W8A8 with max scales (weights per channel, activations a moving average of the
 # batch's max), as Qwix's absmax rule does it: the like-for-like row for the peer and the W8A8
-# target. The table's uniform/W8A8 learns its steps (LSQ), which costs a pass for the steps'
-# gradients that Qwix's absmax does not have.
+# target. The table's uniform/W8A8 learns its steps (LSQ), which Qwix does not.
 MAX_W8A8 = "uniform/W8A8-max"
 ROWS = (MAX_W8A8, "uniform/W8A8", "uniform/W4A4", "pact/W4A4", "pot/W4A4", "log/W4A4",
         "esb/W4A4-k2", "nuuq/N4", "liss/W4A4")

@@ -140,7 +140,10 @@ def run_one(model: str, name: str, config: str, overrides: list[str]) -> dict:
     progress.write("running: " + " ".join(cmd), sys.stdout)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if done.returncode:  # e.g. stopped by a signal: its checkpoint is kept, the table resumes
+      raise SystemExit(f"ptq_table: run {workdir} exited with {done.returncode} (a signal or "
+                       f"an error: rerun it alone to see it); rerun this command to resume")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     timing = {"wall_seconds": time.perf_counter() - start, "cpu_seconds": cpu,

@@ -22,7 +22,10 @@ speed-ups of `quantjax.ptq.suffix` added in turn:
   the target is read from this row;
 - `+lookahead`: a step's candidates counted together (lanes in one call);
 - `8 slots`: the previous row with the suffix evaluator's former default of 8 slots (lanes
-  `vmap`ped side by side, `rows / 8` images each) instead of one.
+  `vmap`ped side by side, `rows / 8` images each) instead of one;
+- `devices`: the search's default (`+dedupe`'s speed-ups, one slot) with each batch's images
+  split over every local device (on a CPU one device per core, which this script sets up as
+  the PTQ pipeline does). Every other row runs on one device.
 
 Each row's choices (b, F per tensor) are compared with the plain search's (on the tensors it
 searched) and with the previous row's (all 45). Wall time on a shared machine moves with its
@@ -50,7 +53,7 @@ from quantjax.ptq import calibration  # noqa: E402
 from quantjax.ptq.evaluator import Evaluator  # noqa: E402
 from quantjax.ptq.run import DEFAULT_SPEEDUPS, SPEEDUPS, search_fixed_point  # noqa: E402
 from quantjax.reports.machine import machine  # noqa: E402
-from quantjax.train import checkpoint, experiment  # noqa: E402
+from quantjax.train import checkpoint, experiment, sharding  # noqa: E402
 
 _INIT_FROM = flags.DEFINE_string("init_from", "runs/ptq/float_sequential_fashion",
                                  "Workdir of a float Sequential run on Fashion-MNIST (trained "
@@ -58,9 +61,10 @@ _INIT_FROM = flags.DEFINE_string("init_from", "runs/ptq/float_sequential_fashion
 _TRAIN_EPOCHS = flags.DEFINE_float("train_epochs", 2.0, "Epochs of that brief float run.")
 _PLAIN_TENSORS = flags.DEFINE_integer("plain_tensors", 3,
                                       "Tensors the plain search runs (0: all 45, over an hour).")
-_ROWS = flags.DEFINE_list("rows", ["plain", *SPEEDUPS, "slots8"],
+_ROWS = flags.DEFINE_list("rows", ["plain", *SPEEDUPS, "slots8", "devices"],
                           "Rows to run, in this order (each adds its speed-up to the last; "
-                          "'slots8': the last with 8 slots).")
+                          "'slots8': the last with 8 slots; 'devices': the last over every "
+                          "local device).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "results", "Where ptq_search_time.md/.json go.")
 
 
@@ -79,10 +83,11 @@ def float_run(init_from: str) -> None:
 
 def main(argv):
   del argv
-  unknown = set(_ROWS.value) - {"plain", "slots8", *SPEEDUPS}
+  unknown = set(_ROWS.value) - {"plain", "slots8", "devices", *SPEEDUPS}
   if unknown:
     raise app.UsageError(f"--rows {sorted(unknown)} not valid; choose plain, "
-                         f"{', '.join(SPEEDUPS)}, slots8")
+                         f"{', '.join(SPEEDUPS)}, slots8, devices")
+  sharding.cpu_device_per_core()  # before JAX starts: the 'devices' row's CPU devices
   float_run(_INIT_FROM.value)
   config = fashion.get_config("ptq_fixedpoint")
   config.model = "sequential"
@@ -108,16 +113,20 @@ def main(argv):
   rows, speedups = [], ()
   for name in _ROWS.value:
     slots = 8 if name == "slots8" else 1
-    if name not in ("plain", "slots8"):
+    devices = jax.local_device_count() if name == "devices" else 1
+    if name not in ("plain", "slots8", "devices"):
       speedups = (*speedups, name)
+    if name == "devices":
+      speedups = DEFAULT_SPEEDUPS
     bounded = name == "plain" and _PLAIN_TENSORS.value > 0
     load_before = os.getloadavg()[0]
     t0, cpu0 = time.perf_counter(), time.process_time()
     rules, report = search_fixed_point(
         exp, variables, records, images, labels, acc_fp, config.ptq, speedups=speedups,
-        max_tensors=_PLAIN_TENSORS.value if bounded else None, slots=slots)
-    label = {"plain": "plain", "slots8": "8 slots"}.get(name, "+" + name)
-    row = {"row": label, "speedups": list(speedups), "slots": slots,
+        max_tensors=_PLAIN_TENSORS.value if bounded else None, slots=slots, devices=devices)
+    label = {"plain": "plain", "slots8": "8 slots", "devices": f"{devices} devices"}.get(
+        name, "+" + name)
+    row = {"row": label, "speedups": list(speedups), "slots": slots, "devices": devices,
            "wall_seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0,
            "load_average": (load_before + os.getloadavg()[0]) / 2,
            "tensors": len(report["history"]), "evaluations": report["evaluations"],
@@ -178,8 +187,8 @@ def main(argv):
       "", "Columns: `calls` are calls of the candidate program (the plain search: of the whole "
       "network); `compilations` are the candidate program's, plus the cut-moving program's. "
       "Ratios compare (estimated) full wall times. Every row but `8 slots` counts one lane at a "
-      "time (1 slot).", ""]
-  default = next((r for r in rows if r["speedups"] == list(DEFAULT_SPEEDUPS)
+      "time (1 slot); every row but `devices` runs on one device.", ""]
+  default = next((r for r in rows[::-1] if r["speedups"] == list(DEFAULT_SPEEDUPS)
                   and r["slots"] == 1), None)
   if default is not None:
     lines.append(

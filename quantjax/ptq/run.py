@@ -12,7 +12,8 @@ workdir that `eval.py` evaluates like any other:
   layer, the cost model, and the method's own figures under `ptq`;
 - `ptq_report.md` / `ptq_report.json`: the method's per-layer table.
 
-A workdir that already holds a finished PTQ run is not redone: its summary is returned.
+A workdir that already holds a finished PTQ run is not redone: its summary is returned. On a
+CPU, a run that starts JAX here gets one device per core (`sharding.cpu_device_per_core`).
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def _result_config(config, rules) -> ml_collections.ConfigDict:
 
 def search_fixed_point(exp, variables, records, val_images, val_labels, acc_fp, ptq, *,
                        speedups: tuple[str, ...] | None = None, max_tensors: int | None = None,
-                       slots: int | None = None):
+                       slots: int | None = None, devices: int | None = None):
   """Goyal et al.'s search; returns (rules, report).
 
   `ptq.criterion='accuracy'` (the paper's) measures each candidate's accuracy on the validation
@@ -153,8 +154,8 @@ def search_fixed_point(exp, variables, records, val_images, val_labels, acc_fp, 
   counting a candidate once it cannot pass and 'lookahead' counts a step's candidates together
   (both need 'suffix'), 'dedupe' skips a weight or bias point that quantizes the tensor as one
   already evaluated did. The choices are those of the plain search (`bench/ptq_search_time.py`
-  times each). `max_tensors` bounds the search (for timing); `slots` sets the suffix
-  evaluator's (`SuffixEvaluator`; default 1).
+  times each). `max_tensors` bounds the search (for timing); `slots` and `devices` set the
+  suffix evaluator's (`SuffixEvaluator`; default one slot, every local device).
   """
   if speedups is None:
     speedups = DEFAULT_SPEEDUPS if ptq.get("fast_search", True) else ()
@@ -190,7 +191,8 @@ def search_fixed_point(exp, variables, records, val_images, val_labels, acc_fp, 
     fast = suffix.PointAccuracy.build(exp.model, plan, layer_paths, variables, base,
                                       val_images, labels, batch_size=batch_size,
                                       stop_early="stop_early" in speedups,
-                                      **({} if slots is None else {"slots": slots}))
+                                      **({} if slots is None else {"slots": slots}),
+                                      devices=devices)
     accuracy, focus, programs = fast.accuracies, fast.focus, fast.evaluator
   else:
     plain = Evaluator(exp.model, plan, val_images, labels, batch_size=batch_size)
@@ -264,6 +266,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   Returns:
     The summary (also `<workdir>/summary.json`).
   """
+  # The fixed-point search splits its images over the local devices; on a CPU that needs a
+  # device per core (before JAX starts). Nothing else here depends on the device count.
+  sharding.cpu_device_per_core()
   check_config(config)
   wd = Workdir(workdir)
   if wd.has_checkpoints():

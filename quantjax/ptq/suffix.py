@@ -24,6 +24,12 @@ one layer's work), and candidates are counted from it:
   on a 2-core CPU the whole search on the Sequential net took 507 s with one slot against 709 s
   with 8 slots of `rows / 8` (`results/ptq_search_time.md`); several slots can pay only where
   one lane's batch does not fill the device.
+- devices: each iteration's images are split over the local devices (`shard_map`), every device
+  computing its share from its own copy of the cache. XLA's CPU backend runs a convolution on
+  one core, so on a CPU the search uses every core only with one fake device per core
+  (`XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`, which `quantjax.ptq.run` sets
+  for the PTQ pipeline when unset). An image's logits do not depend on which device, or with
+  which others, it is computed: the counts are those of one device.
 
 Every computed layer does the arithmetic of the full evaluation on the same images; only which
 images share a batch changes.
@@ -31,6 +37,7 @@ images share a batch changes.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -40,6 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from quantjax.intercept import QUANT_STATE, QuantPlan, module_path, quantized_apply
 from quantjax.intercept.layers import QUANTIZABLE
@@ -110,15 +119,27 @@ class SuffixEvaluator:
     slots: candidate states evaluated side by side (`vmap`); divides `rows`. 1 (the default):
       one lane at a time, over all `rows` images.
     order: a permutation of the images (e.g. smallest float margin first); None keeps theirs.
+    devices: local devices that share each slot's images; None: as many as there are, less
+      until they divide `rows // slots`.
   """
 
   def __init__(self, model: nn.Module, plan: QuantPlan, layer_paths: Sequence[str],
                variables: dict[str, Any], images: np.ndarray, labels: np.ndarray, *,
-               rows: int = 256, slots: int = 1, order: np.ndarray | None = None):
+               rows: int = 256, slots: int = 1, order: np.ndarray | None = None,
+               devices: int | None = None):
     if len(images) != len(labels) or not len(images):
       raise ValueError(f"{len(images)} images and {len(labels)} labels: need equal, non-zero")
     if slots < 1 or rows % slots:
       raise ValueError(f"slots={slots} must be positive and divide rows={rows}")
+    local = jax.local_devices()
+    if devices is None:
+      devices = max(d for d in range(1, len(local) + 1) if (rows // slots) % d == 0)
+    if not 1 <= devices <= len(local) or (rows // slots) % devices:
+      raise ValueError(f"devices={devices} must be within 1..{len(local)} (the local devices) "
+                       f"and divide rows // slots = {rows // slots}")
+    self.devices = devices
+    self._mesh = Mesh(np.asarray(local[:devices]), ("images",))
+    replicated = NamedSharding(self._mesh, P())
     if order is not None:
       images, labels = images[order], labels[order]
     self.num_traces = 0  # compilations of the candidate program
@@ -130,13 +151,16 @@ class SuffixEvaluator:
     self._rows, self._slots = rows, slots
     n_pad = -(-len(images) // rows) * rows
     pad = n_pad - len(images)
-    self._images = jnp.asarray(np.concatenate(
-        [images, np.zeros((pad, *images.shape[1:]), images.dtype)]))  # [N', H, W, C]
-    self._labels = jnp.asarray(np.concatenate([labels, np.zeros(pad, labels.dtype)]), jnp.int32)
-    self._variables = variables
+    # Every device holds the images, the labels, the variables and the cache whole.
+    self._images = jax.device_put(np.concatenate(
+        [images, np.zeros((pad, *images.shape[1:]), images.dtype)]), replicated)  # [N', H, W, C]
+    self._labels = jax.device_put(
+        np.concatenate([labels, np.zeros(pad, labels.dtype)]).astype(np.int32), replicated)
+    self._variables = jax.device_put(variables, replicated)
     self._apply = quantized_apply(model, plan, training=False)
     self._sizes = self._result_sizes(model, images[:1])  # per layer: per-image result size
-    self._cache = jnp.zeros((n_pad, max(self._sizes)), jnp.float32)  # [N', width]
+    self._cache = jax.device_put(jnp.zeros((n_pad, max(self._sizes)), jnp.float32),
+                                 replicated)  # [N', width]
     self.cut = None  # no cut recorded yet
     self._network = jax.jit(self._network_impl)
     self._count_fn = jax.jit(self._count)
@@ -232,7 +256,9 @@ class SuffixEvaluator:
     per_slot = self._rows // slots
 
     def branch(c):
-      def logits(slot_points, index):  # [S, 3, 2], [S, R/S] -> [S, R/S, num_classes]
+      def logits(shared, slot_points, index):  # [S, 3, 2], [S, R'] -> [S, R', num_classes]
+        variables, state, cache, images = shared
+
         def one(points, rows, x):
           return self._from_cut(variables, self._lane_state(state, c, points), x, c, rows)[1]
 
@@ -240,6 +266,20 @@ class SuffixEvaluator:
         return jax.vmap(one)(slot_points, rows, images[index])
 
       return logits
+
+    # Each device computes the logits of its share of every slot's images (R' = R/S/devices);
+    # what every device reads whole is passed in replicated (a closure could not be). One
+    # `shard_map` per branch: inside one, the switch's branches would all keep the layers above
+    # their cut.
+    shard = functools.partial(jax.shard_map, mesh=self._mesh,
+                              in_specs=(P(), P(), P(None, "images")),
+                              out_specs=P(None, "images"))
+    branches = [shard(branch(c)) for c in range(IMAGES, len(self._sizes))]
+
+    def shard_logits(cut, shared, slot_points, index):
+      return jax.lax.switch(cut, branches, shared, slot_points, index)
+
+    shared = (variables, state, cache, images)
 
     def body(carry):
       position, correct, wrong, going = carry
@@ -253,8 +293,7 @@ class SuffixEvaluator:
       index = start[:, None] + jnp.arange(per_slot)  # [S, R/S]
       valid = (index < n) & going[lane][:, None]
       index = jnp.minimum(index, n - 1)
-      out = jax.lax.switch(cut, [branch(c) for c in range(IMAGES, len(self._sizes))],
-                           lane_points[lane], index)
+      out = shard_logits(cut, shared, lane_points[lane], index)  # [S, R/S, num_classes]
       right = (jnp.argmax(out, -1) == labels[index]) & valid
       correct = correct.at[lane].add(jnp.sum(right, 1, dtype=jnp.int32))
       wrong = wrong.at[lane].add(jnp.sum(valid & ~right, 1, dtype=jnp.int32))

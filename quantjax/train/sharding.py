@@ -8,11 +8,34 @@ devices, each process feeds only the rows of each batch that its devices hold
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
 import numpy as np
+from jax._src import xla_bridge
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+CPU_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def cpu_device_per_core() -> bool:
+  """Gives XLA's CPU backend one (fake) device per core this process may run on.
+
+  XLA's CPU backend runs each convolution on one core, so a program on one CPU device leaves
+  the others mostly idle; one device per core lets a program that splits its batch over the
+  local devices use them all (`quantjax.ptq.suffix`). Must run before JAX starts its backends
+  (it sets XLA_FLAGS); does nothing if XLA_FLAGS already sets a device count or they started.
+
+  Returns:
+    Whether it set the device count.
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  if CPU_DEVICE_COUNT_FLAG in flags or xla_bridge.backends_are_initialized():
+    return False
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  os.environ["XLA_FLAGS"] = f"{flags} {CPU_DEVICE_COUNT_FLAG}={max(cores or 1, 1)}".strip()
+  return True
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:

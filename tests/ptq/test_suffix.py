@@ -123,12 +123,17 @@ def test_each_speedup_makes_the_plain_searchs_choices(searches, speedups):
     assert evaluator.evaluator.num_calls == quick.num_evaluations
 
 
-@pytest.mark.parametrize("slots", [1, 4])
+# (slots, devices, the devices used with tests/conftest.py's 4): 10 images per slot and device
+# with 4 slots and all devices (2 of them: 4 does not divide 10).
+@pytest.mark.parametrize("slots, devices, used", [(1, 1, 1), (1, None, 4), (4, None, 2)])
 @pytest.mark.parametrize("residual", [False, True], ids=["chain", "residual"])
-def test_counts_from_every_cut_equal_full_counts(residual, slots):
+def test_counts_from_every_cut_equal_full_counts(residual, slots, devices, used):
   model, plan, variables, base, x, labels, _, paths = _setup(residual=residual)
   plain = Evaluator(model, plan, x, labels, batch_size=50)
-  fast = suffix.SuffixEvaluator(model, plan, paths, variables, x, labels, rows=40, slots=slots)
+  fast = suffix.SuffixEvaluator(model, plan, paths, variables, x, labels, rows=40, slots=slots,
+                                devices=devices)
+  if jax.local_device_count() >= 4:
+    assert fast.devices == used
   coarse = {(p, c): Point(3, 2) for p in paths for c in fixedpoint.COMPONENTS}
   state = fixedpoint.quant_state(base, coarse)
   # Lanes: the tensors around the cut at other points (LANE_LEAVES: the next layer's weights,
@@ -155,6 +160,12 @@ def test_counts_from_every_cut_equal_full_counts(residual, slots):
     assert finished == (len(x) - e <= 2)
     assert (correct, wrong) == (e, len(x) - e) if finished else wrong > 2
   assert fast.num_traces == 1 and fast.num_record_traces == 1
+
+
+def test_devices_must_divide_the_images_of_a_slot():
+  model, plan, variables, _, x, labels, _, paths = _setup()
+  with pytest.raises(ValueError, match=r"devices=3 must .* divide rows // slots = 10"):
+    suffix.SuffixEvaluator(model, plan, paths, variables, x, labels, rows=40, slots=4, devices=3)
 
 
 def test_candidates_must_share_everything_upstream_of_the_cut():

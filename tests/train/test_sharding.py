@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -62,3 +64,19 @@ def test_batch_must_divide_over_devices(tiny_config, tmp_path):
   with pytest.raises(ValueError, match=r"batch_size=30 must be divisible by the number of "
                                        r"devices \(4\)|batch_size=0"):
     train_and_evaluate(tiny_config, str(tmp_path / "x"))
+
+
+_DEVICES = ("from quantjax.train import sharding; set_now = sharding.cpu_device_per_core(); "
+            "import jax; print(set_now, jax.local_device_count(), sharding.cpu_device_per_core())")
+
+
+@pytest.mark.parametrize("xla_flags, expected", [
+    ("", f"True {len(os.sched_getaffinity(0))} False"),  # one per core; then JAX has started
+    ("--xla_force_host_platform_device_count=3", "False 3 False"),  # the user's count stays
+])
+def test_cpu_device_per_core(xla_flags, expected):
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  env.update(XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _DEVICES], env=env, capture_output=True, text=True,
+                       timeout=120, check=True)
+  assert out.stdout.split("\n")[-2] == expected

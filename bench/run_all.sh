@@ -58,3 +58,6 @@ python bench/loop_efficiency.py --reps=5 --out=results/loop_efficiency.md
 
 # The fixed-point search's wall time on Fashion-MNIST's 6,000 validation images.
 python bench/ptq_search_time.py
+
+# Training with one CPU device per core against one device.
+python bench/cpu_devices.py --steps=80 --reps=3 --out=results/cpu_devices.md

@@ -30,7 +30,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from quantjax.reports.machine import machine  # noqa: E402
-from quantjax.train.sharding import CPU_DEVICE_COUNT_FLAG  # noqa: E402
+from quantjax.train.sharding import CPU_DEVICE_COUNT_FLAG, cpu_cores  # noqa: E402
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # name -> (config, overrides, training images per epoch, batch size)
@@ -49,10 +49,6 @@ _REPS = flags.DEFINE_integer("reps", 3, "Interleaved repetitions.")
 _OUT = flags.DEFINE_string("out", "", "Also write the table to this Markdown file.")
 
 
-def cores() -> int:
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 def steps_per_second(setting: str, devices: int, workdir: str) -> float:
   """The loop's median logged steps/s after its first log interval, in a fresh process."""
   config, overrides, images, batch = SETTINGS[setting]
@@ -66,8 +62,9 @@ def steps_per_second(setting: str, devices: int, workdir: str) -> float:
   env = {**os.environ, "XLA_FLAGS": " ".join([*kept, f"{CPU_DEVICE_COUNT_FLAG}={devices}"])}
   done = subprocess.run(cmd, cwd=_ROOT, env=env, capture_output=True, text=True)
   if done.returncode:
+    last = (done.stderr.strip().splitlines() or ["no output"])[-1]
     raise SystemExit(f"{setting} on {devices} device(s) failed (status {done.returncode}): "
-                     f"{done.stderr.strip().splitlines()[-1:]}")
+                     f"{last}")
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rates = [row["train/steps_per_sec"] for row in map(json.loads, f)
              if "train/steps_per_sec" in row]
@@ -82,7 +79,7 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"--settings {sorted(unknown)} not valid; choose from "
                          f"{', '.join(SETTINGS)}")
-  n = cores()
+  n = cpu_cores()
   command = shlex.join(["python", "bench/cpu_devices.py", *sys.argv[1:]])
   rows = []
   for setting in _SETTINGS.value:

@@ -33,9 +33,14 @@ def cpu_device_per_core() -> bool:
   flags = os.environ.get("XLA_FLAGS", "")
   if CPU_DEVICE_COUNT_FLAG in flags or xla_bridge.backends_are_initialized():
     return False
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  os.environ["XLA_FLAGS"] = f"{flags} {CPU_DEVICE_COUNT_FLAG}={max(cores or 1, 1)}".strip()
+  os.environ["XLA_FLAGS"] = f"{flags} {CPU_DEVICE_COUNT_FLAG}={cpu_cores()}".strip()
   return True
+
+
+def cpu_cores() -> int:
+  """The cores this process may run on (at least 1)."""
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return max(cores or 1, 1)
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:

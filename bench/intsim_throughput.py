@@ -4,20 +4,24 @@
   python bench/intsim_throughput.py --workdir=... --repeats=30 \
     --out=results/intsim_throughput.md
 
-The float model is the run's network with its trained weights and no quantizers
-(`model.apply`, jitted, float32 NHWC input); the emulator runs the exported integer graph on uint8
-images with MAC path 'auto' (float32 where provably exact, else int) and 'int' (jax.lax int8/int16
-operands, preferred_element_type=int32). Each computes the integer outputs alone
-(`Emulator.outputs`, what the accelerator computes); 'auto' also runs as `eval.py --mode=int`
-does, counting every accumulator's overflows and max |s| (`Emulator.__call__`). The integer
-convolutions of 'int' run as the emulator picks them per layer (`conv_lowering('auto')`: on a
-CPU, patches times an integer matrix for int8 operands below 32 input channels, else
+The process gets one CPU device per core (`sharding.cpu_device_per_core`), as `eval.py
+--mode=int` does. The float model is the run's network with its trained weights and no
+quantizers (`model.apply`, jitted, float32 NHWC input), run twice: on one device (XLA's
+intra-op threads use the cores) and with the batch split over every device; the faster of the
+two (by median) is the baseline every ratio is taken against. The emulator runs the exported
+integer graph on uint8 images, split over every device as `Emulator` does by default, with MAC
+path 'auto' (float32 where provably exact, else int) and 'int' (jax.lax int8/int16 operands,
+preferred_element_type=int32), and 'int' once more on one device. Each computes the integer
+outputs alone (`Emulator.outputs`, what the accelerator computes); 'auto' also runs as `eval.py
+--mode=int` does, counting every accumulator's overflows and max |s| (`Emulator.__call__`). The
+integer convolutions of 'int' run as the emulator picks them per layer (`conv_lowering('auto')`:
+on a CPU, patches times an integer matrix for int8 operands below 16 input channels, else
 `lax.conv_general_dilated`), and all as one or the other (patches is the lowering on a GPU,
-whose XLA backend has no general integer convolution). Timings are interleaved
-(float, each emulator, float, ...) and the median of `repeats` calls is reported, each call
-blocked until ready. Prints the ratio emulator images/s ÷ float images/s, taken within each
-repetition, as its median and interquartile range (issue 14's targets: >= 1.0 for 'auto', >= 0.9
-for 'int' as the emulator lowers it) and writes a Markdown note with date and machine.
+whose XLA backend has no general integer convolution). Timings are interleaved (each contender
+in turn, `repeats` rounds) and the median is reported, each call blocked until ready. Prints the
+ratio emulator images/s ÷ float images/s, taken within each repetition, as its median and
+interquartile range (issue 14's targets: >= 1.0 for 'auto', >= 0.9 for 'int' as the emulator
+lowers it) and writes a Markdown note with date and machine.
 """
 
 from __future__ import annotations
@@ -42,8 +46,9 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
   del argv
+  from quantjax.train import sharding
+  sharding.cpu_device_per_core()  # before JAX starts its backends
   import jax
-  import jax.numpy as jnp
   import numpy as np
 
   from quantjax.export import export_run, load_run
@@ -57,20 +62,32 @@ def main(argv):
   images = images[: _BATCH.value]
   if len(images) < _BATCH.value:
     images = np.resize(images, (_BATCH.value, *images.shape[1:]))
-  x = jnp.asarray(exp.dataset.normalise(images))
+  x = np.asarray(exp.dataset.normalise(images), np.float32)
+  devices = jax.local_devices()
   float_vars = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
   float_fn = jax.jit(lambda v, x: exp.model.apply(v, x, train=False))
-  contenders = {"float": lambda: float_fn(float_vars, x).block_until_ready()}
-  u8 = jnp.asarray(images)
-  for mac, conv, count in (("auto", "auto", False), ("auto", "auto", True), ("int", "auto", False),
-                           ("int", "lax", False), ("int", "patches", False)):
-    emulator = Emulator(graph, Accelerator(mac=mac), conv=conv)
+  contenders = {}
+  mesh = sharding.make_mesh()
+  for name, put_vars, put_x in (
+      ("float, 1 device", jax.device_put(float_vars), jax.device_put(x)),
+      (f"float, {len(devices)} devices", sharding.replicate(float_vars, mesh),
+       jax.device_put(x, sharding.batch_sharding(mesh)))):
+    if name.startswith("float, 1 ") or len(devices) > 1 and _BATCH.value % len(devices) == 0:
+      contenders[name] = lambda v=put_vars, x=put_x: float_fn(v, x).block_until_ready()
+  for mac, conv, count, on in (("auto", "auto", False, devices), ("auto", "auto", True, devices),
+                               ("int", "auto", False, devices), ("int", "auto", False, devices[:1]),
+                               ("int", "lax", False, devices), ("int", "patches", False, devices)):
+    if on is not devices and len(devices) == 1:
+      continue
+    emulator = Emulator(graph, Accelerator(mac=mac), conv=conv, devices=on)
+    chunks = emulator.place(images)
 
-    def call(emulator=emulator, count=count):
+    def call(emulator=emulator, count=count, chunks=chunks):
       with jax.enable_x64(True):
-        jax.block_until_ready(emulator.run_jax(u8, count=count))
+        jax.block_until_ready([emulator.run_jax(c, count=count) for c in chunks])
     name = f"emulator ({mac})" if conv == "auto" else f"emulator ({mac}, {conv} conv)"
-    contenders[name + (", with overflow and max-magnitude counts" if count else "")] = call
+    name += ", with overflow and max-magnitude counts" if count else ""
+    contenders[name + (", 1 device" if on is not devices else "")] = call
   failed = {}
   for name, fn in list(contenders.items()):  # compile and warm up
     try:
@@ -88,9 +105,10 @@ def main(argv):
       times[name].append(time.perf_counter() - t)
   median = {name: statistics.median(ts) for name, ts in times.items()}
   rate = {name: _BATCH.value / m for name, m in median.items()}
-  # Throughput ratio to float within each repetition (float and the emulators ran back to back),
+  baseline = min((name for name in median if name.startswith("float")), key=median.get)
+  # Throughput ratio to the faster float within each repetition (every contender ran in turn),
   # so the machine's load moves both: its median and interquartile range are the figures.
-  ratios = {name: [f / t for f, t in zip(times["float"], ts, strict=True)]
+  ratios = {name: [f / t for f, t in zip(times[baseline], ts, strict=True)]
             for name, ts in times.items()}
   quartiles = {name: statistics.quantiles(r, n=4) for name, r in ratios.items()}
   date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -99,7 +117,8 @@ def main(argv):
            f"Generated {date} on {machine()} by `{command}` (load average "
            f"{os.getloadavg()[0]:.1f} at the end: other jobs shared the machine).", "",
            f"Model: {exp.config.model} from `{_WORKDIR.value}`; batch {_BATCH.value}; median of "
-           f"{_REPEATS.value} interleaved calls (ratios: per repetition).", "",
+           f"{_REPEATS.value} interleaved calls (ratios: per repetition); {len(devices)} local "
+           f"devices (one per core); ratios against the faster float: **{baseline}**.", "",
            "| contender | ms / batch | images / s | ratio to float: median [IQR] | target |",
            "|---|---|---|---|---|"]
   targets = {"emulator (auto)": 1.0, "emulator (auto), with overflow and max-magnitude counts": 1.0,

@@ -19,23 +19,32 @@ rounding mode, computed once per graph) follow. A rescale runs in float64 where 
 bounds prove `|r·m + o| + 2^shift <= 2^53`, so every step is exact, else in int64 (jax x64 is
 enabled inside the emulator only); both give the same integers. `Emulator.outputs` returns the
 integers alone, without the overflow and max |s| counts.
+
+A call's images are split evenly over the emulator's devices (default: every local device; with
+one CPU device per core, `quantjax.train.sharding.cpu_device_per_core`, each core runs its share:
+XLA's int8 convolutions use one core each), the constants held whole on every device; when the
+count does not divide, the remaining images (fewer than the devices) run whole on every device.
+The integers and counts do not depend on the split.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from quantjax import int8
 from quantjax.export.graph import Graph
 from quantjax.export.rescale import level_thresholds
 from quantjax.int8 import INT8_MAX, INT8_MIN
 from quantjax.intsim.accelerator import Accelerator
-from quantjax.intsim.lowering import conv_lowering, conv_patches, padded_outputs
+from quantjax.intsim.lowering import conv_lowering, conv_patches, integer_faster, padded_outputs
 from quantjax.quantizers.codes import WeightCodes
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -56,11 +65,11 @@ def decode_weight(graph: Graph, node: dict[str, Any]) -> np.ndarray:
   return np.asarray(values, np.int64).reshape(tuple(node["kernel_shape"]))
 
 
-def _device(array, dtype) -> jax.Array:
-  """`array` as `dtype` on the device, converted by NumPy and placed by `jax.device_put`:
-  `jnp.asarray` of a NumPy array compiles and keeps a program per shape (about 1.4 MiB each with
-  jax 0.10; 21 MiB of the emulator's set-up on LeNet-5)."""
-  return jax.device_put(np.asarray(array, dtype=dtype))
+def _device(array, dtype, sharding=None) -> jax.Array:
+  """`array` as `dtype` on the device (or placed as `sharding` says), converted by NumPy and
+  placed by `jax.device_put`: `jnp.asarray` of a NumPy array compiles and keeps a program per
+  shape (about 1.4 MiB each with jax 0.10; 21 MiB of the emulator's set-up on LeNet-5)."""
+  return jax.device_put(np.asarray(array, dtype=dtype), sharding)
 
 
 def _small_dtype(lo: int, hi: int):
@@ -135,11 +144,19 @@ def mac_bound(graph: Graph, node: dict[str, Any], ranges, weights: np.ndarray) -
 class Emulator:
   """A jitted integer run of `graph` on uint8 images under one `Accelerator` model."""
 
-  def __init__(self, graph: Graph, accel: Accelerator | None = None, conv: str = "auto"):
-    """`conv`: how integer convolutions run (`conv_lowering`); the integers are the same."""
+  def __init__(self, graph: Graph, accel: Accelerator | None = None, conv: str = "auto",
+               devices: Sequence[jax.Device] | None = None):
+    """`conv`: how integer convolutions run (`conv_lowering`); the integers are the same.
+    `devices`: those a call's images are split over (default: every local device)."""
     self.graph = graph
     self.accel = accel or Accelerator()
     conv_lowering(conv)  # a valid name, before any work
+    self.devices = list(jax.local_devices() if devices is None else devices)
+    if not self.devices:
+      raise ValueError("devices=[]: the emulator needs at least one device")
+    mesh = Mesh(np.asarray(self.devices), ("batch",))
+    self._split, self._whole = NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
+    self._put = functools.partial(_device, sharding=self._whole)  # constants: on every device
     self.ranges = value_ranges(graph)
     self.plan: dict[str, dict[str, Any]] = {}
     consts: dict[str, Any] = {}
@@ -151,10 +168,10 @@ class Emulator:
           bound = mac_bound(graph, n, self.ranges, w)
           lo, hi = decoded_range(graph, n, self.ranges)
           offset = _int8_offset(lo, hi, w)
-          path = self._mac_path(bound, offset is not None, w.shape[-2])
+          path = self._mac_path(bound, offset is not None, w.shape[-2], n["op"])
           self.plan[out] = {"bound": bound, "path": path}
           if path == "f32":
-            consts[f"{out}.w"] = _device(w, np.float32)
+            consts[f"{out}.w"] = self._put(w, np.float32)
           elif path == "int":
             dt = jnp.promote_types(_small_dtype(int(w.min()), int(w.max())),
                                    _small_dtype(lo, hi))
@@ -170,18 +187,18 @@ class Emulator:
               if width > w.shape[-1]:  # zero columns: their sums are computed and dropped
                 self.plan[out]["outputs"] = w.shape[-1]
                 w = np.pad(w, ((0, 0),) * 3 + ((0, width - w.shape[-1]),))
-            consts[f"{out}.w"] = _device(w, dt)
+            consts[f"{out}.w"] = self._put(w, dt)
           else:
-            consts[f"{out}.w"] = _device(w, np.int64)
+            consts[f"{out}.w"] = self._put(w, np.int64)
             if n["op"] == "conv":
               self.plan[out]["conv"] = conv_lowering(conv)
       for name, arr in graph.tensors.items():
         if ".w." not in name:
-          consts[name] = _device(arr, np.int64)
+          consts[name] = self._put(arr, np.int64)
       for n in graph.nodes:  # a threshold requant: its boundaries as thresholds on r, this rounding
         if n["op"] == "requant" and n["kind"] == "threshold":
           t, out = graph.tensors, n["out"]
-          consts[f"{out}.thresholds"] = _device(level_thresholds(
+          consts[f"{out}.thresholds"] = self._put(level_thresholds(
               t[f"{out}.m"], t[f"{out}.shift"], t[f"{out}.offset"], t[f"{out}.table"],
               self.accel.rounding), jnp.int64)
     mag = self._prove_no_overflow()
@@ -189,8 +206,17 @@ class Emulator:
       consts.update(self._plan_float64_rescales(mag))
     self.consts = consts
     run = functools.partial(_run, graph=_Static(graph), plan=_Static(self.plan), accel=self.accel)
-    self._run = jax.jit(run)
-    self._outputs = jax.jit(lambda consts, images: run(consts, images, count=False)[0])
+    # A split chunk runs as one program per device on its images (`shard_map`), each returning
+    # its own counts (a leading axis of one per device) for the host to add up: no collective
+    # between the devices, which a reduction over the split batch would put after every layer.
+    def per_device(consts, images):
+      out, stats = run(consts, images)
+      return out, jax.tree_util.tree_map(lambda a: a[None], stats)
+    split = functools.partial(jax.shard_map, mesh=mesh, in_specs=(P(), P("batch")))
+    outputs = lambda consts, images: run(consts, images, count=False)[0]  # noqa: E731
+    self._run_split = jax.jit(split(per_device, out_specs=(P("batch"), P("batch"))))
+    self._outputs_split = jax.jit(split(outputs, out_specs=P("batch")))
+    self._run_whole, self._outputs_whole = jax.jit(run), jax.jit(outputs)
 
   def _prove_no_overflow(self) -> None:
     """Marks each conv/dense (|Σ a·w| + |bias| <= its MAC bound + max|bias|) and residual add
@@ -247,49 +273,65 @@ class Emulator:
       self.plan.setdefault(out, {})["f64"] = exact
       if exact:
         sign = g.tensors[f"{out}.sign"] if op == "requant" else 1  # folded: |sign·m| = m
-        consts[f"{out}.m_f64"] = _device(np.asarray(m, np.int64) * sign, np.float64)
+        consts[f"{out}.m_f64"] = self._put(np.asarray(m, np.int64) * sign, np.float64)
         shift = np.asarray(shift, np.int64)
-        consts[f"{out}.unit"] = _device(np.ldexp(1.0, -shift), np.float64)
-        consts[f"{out}.half"] = _device(np.where(shift > 0, np.ldexp(1.0, shift - 1), 0.0),
+        consts[f"{out}.unit"] = self._put(np.ldexp(1.0, -shift), np.float64)
+        consts[f"{out}.half"] = self._put(np.where(shift > 0, np.ldexp(1.0, shift - 1), 0.0),
                                          np.float64)
         if op == "requant":
-          consts[f"{out}.offset_f64"] = _device(g.tensors[f"{out}.offset"], np.float64)
+          consts[f"{out}.offset_f64"] = self._put(g.tensors[f"{out}.offset"], np.float64)
     return consts
 
-  def _mac_path(self, bound: int, int8_operands: bool, in_channels: int) -> str:
-    """'f32' (exact below 2^24), 'int' (int32 sums) or 'i64'. 'auto' takes int8 operands where
-    training's integer products would (`quantjax.int8.pays`: a CPU, at least 32 input
-    channels): there XLA's int8 convolutions and matmuls run faster than float32 ones."""
+  def _mac_path(self, bound: int, int8_operands: bool, in_channels: int, op: str) -> str:
+    """'f32' (exact below 2^24), 'int' (int32 sums) or 'i64'. 'auto' takes integer operands
+    where they are faster than float32 on this backend (`lowering.integer_faster`)."""
     if bound >= 2**31:
       return "i64"
-    if self.accel.mac == "int" or (self.accel.mac == "auto" and int8_operands
-                                   and int8.pays(in_channels)):
+    if self.accel.mac == "int" or (self.accel.mac == "auto"
+                                   and integer_faster(op, in_channels, int8_operands)):
       return "int"
     return "f32" if bound < 2**24 else "int"
 
   def __call__(self, images: np.ndarray) -> tuple[np.ndarray, dict[str, dict[str, int]]]:
     """(int logits [B, classes] or output codes, per-layer {'overflows', 'max_abs'})."""
-    images = np.asarray(images)
-    if images.dtype != np.uint8:
-      raise ValueError(f"the integer graph takes uint8 images; got {images.dtype}")
     with jax.enable_x64(True):
-      out, stats = self._run(self.consts, jax.device_put(images))
-      return np.asarray(out), jax.tree_util.tree_map(lambda a: int(a), jax.device_get(stats))
+      parts = [self.run_jax(chunk) for chunk in self.place(images)]
+      outs = [np.asarray(out) for out, _ in parts]
+      stats = [jax.device_get(s) for _, s in parts]  # per chunk: [devices] or scalars
+    merged = {name: {"overflows": int(sum(np.sum(s[name]["overflows"]) for s in stats)),
+                     "max_abs": int(max(np.max(s[name]["max_abs"]) for s in stats))}
+              for name in stats[0]}
+    return np.concatenate(outs), merged
 
   def outputs(self, images: np.ndarray) -> np.ndarray:
     """The int logits or output codes alone: what the accelerator computes, the same integers
     as `__call__`'s, without counting overflows and max |s| (two more passes over each
     accumulator; on a CPU 0-10 % of a call)."""
+    with jax.enable_x64(True):
+      return np.concatenate([np.asarray(self.run_jax(chunk, count=False))
+                             for chunk in self.place(images)])
+
+  def place(self, images: np.ndarray) -> list[jax.Array]:
+    """uint8 `images` on the devices as a call runs them: the largest leading part whose count
+    the devices divide, split evenly over them, then the rest (fewer images than devices) whole
+    on every device."""
     images = np.asarray(images)
     if images.dtype != np.uint8:
       raise ValueError(f"the integer graph takes uint8 images; got {images.dtype}")
-    with jax.enable_x64(True):
-      return np.asarray(self._outputs(self.consts, jax.device_put(images)))
+    head = len(images) - len(images) % len(self.devices)
+    chunks = [jax.device_put(images[:head], self._split)] if head else []
+    if head < len(images) or not chunks:
+      chunks.append(jax.device_put(images[head:], self._whole))
+    return chunks
 
-  def run_jax(self, images, *, count: bool = True):
-    """The jitted call without host transfers (for benchmarks); call inside jax.enable_x64.
-    (output, counts) with `count`, else the output alone."""
-    return self._run(self.consts, images) if count else self._outputs(self.consts, images)
+  def run_jax(self, chunk: jax.Array, *, count: bool = True):
+    """The jitted call on one chunk of `place(images)`, without host transfers (for
+    benchmarks); call inside jax.enable_x64. (output, counts) with `count`, else the output;
+    the counts of a split chunk have one entry per device."""
+    whole = len(self.devices) > 1 and chunk.sharding.is_fully_replicated
+    if count:
+      return (self._run_whole if whole else self._run_split)(self.consts, chunk)
+    return (self._outputs_whole if whole else self._outputs_split)(self.consts, chunk)
 
 
 class _Static:

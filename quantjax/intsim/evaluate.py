@@ -13,6 +13,7 @@ from quantjax.intercept import quantized_apply
 from quantjax.intsim.accelerator import Accelerator
 from quantjax.intsim.emulator import Emulator
 from quantjax.intsim.report import hardware_report
+from quantjax.train import sharding
 from quantjax.workdir import Workdir, write_json_atomic
 
 SPLITS = ("train", "validation", "test")
@@ -58,7 +59,12 @@ def compare(exp, variables, graph, images, labels, accel: Accelerator,
 def evaluate_int(workdir: str, *, split: str = "test", step: int | None = None,
                  accel: Accelerator | None = None, batch_size: int = 250,
                  output: str | None = None) -> dict[str, Any]:
-  """Exports a workdir's checkpoint, runs it on the emulator; writes and returns a JSON summary."""
+  """Exports a workdir's checkpoint, runs it on the emulator; writes and returns a JSON summary.
+
+  On a CPU, a process that starts JAX here gets one device per core, and the emulator splits
+  each batch over them (`sharding.cpu_device_per_core`).
+  """
+  sharding.cpu_device_per_core()
   accel = accel or Accelerator()
   if split not in SPLITS:
     raise ValueError(f"split={split!r} is not valid; choose one of {', '.join(SPLITS)}")

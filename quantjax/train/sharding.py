@@ -24,8 +24,9 @@ def cpu_device_per_core() -> bool:
 
   XLA's CPU backend runs each convolution on one core, so a program on one CPU device leaves
   the others mostly idle; one device per core lets a program that splits its batch over the
-  local devices use them all (`quantjax.ptq.suffix`). Must run before JAX starts its backends
-  (it sets XLA_FLAGS); does nothing if XLA_FLAGS already sets a device count or they started.
+  local devices use them all (`quantjax.ptq.suffix`, `quantjax.intsim.Emulator`). Must run
+  before JAX starts its backends (it sets XLA_FLAGS); does nothing if XLA_FLAGS already sets a
+  device count or they started.
 
   Returns:
     Whether it set the device count.

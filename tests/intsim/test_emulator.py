@@ -79,6 +79,11 @@ def test_mac_paths_agree(quantized_run):
   np.testing.assert_array_equal(outs[0], outs[1])
   np.testing.assert_array_equal(outs[0], outs[2])
   assert Emulator(graph, Accelerator(mac="int")).plan[graph.layers()[1]["out"]]["path"] == "int"
+  # 'auto' on a CPU: the image's convolution on int16, 6 inputs on float32, the dense layers
+  # (84 to 400 inputs) on int8 (`lowering.integer_faster`).
+  auto = Emulator(graph, Accelerator(mac="auto")).plan
+  assert [(auto[n["out"]]["path"], auto[n["out"]].get("dtype")) for n in graph.layers()] == [
+      ("int", "int16"), ("f32", None), ("int", "int8"), ("int", "int8"), ("int", "int8")]
   # Unsigned 8-bit inputs (0..255) run as int8 operands shifted by -128, the shift added back.
   node = graph.layers()[1]
   assert decoded_range(graph, node, value_ranges(graph)) == (0, 255)
@@ -141,6 +146,34 @@ def test_narrow_accumulator_overflows_saturate_vs_wrap(quantized_run):
     assert narrow_plan[n["out"]]["fits"] == (p["bound"] + bias < 2**13)
   assert all(p["fits"] for p in wide_plan.values() if "fits" in p)  # layers and residual adds
   assert not narrow_plan[graph.layers()[0]["out"]]["fits"]
+
+
+def test_images_split_over_devices_give_one_devices_integers_and_counts(quantized_run):
+  """16 images on 4 devices: 4 each; 15: 12 split, then 3 whole on every device; 3: whole. The
+  integers, overflow counts and max |s| are those of one device and of the NumPy reference."""
+  exp, variables, images, _ = quantized_run("lenet5", "uniform8")
+  graph = export_run(exp, variables)
+  accel = Accelerator(acc_bits=14)  # conv1 overflows: the counts are not all zero
+  one = Emulator(graph, accel, devices=jax.local_devices()[:1])
+  four = Emulator(graph, accel, devices=jax.local_devices()[:4])
+  chunks = four.place(images[:15])
+  assert [c.shape[0] for c in chunks] == [12, 3]
+  assert chunks[0].sharding.shard_shape(chunks[0].shape)[0] == 3
+  assert chunks[1].sharding.is_fully_replicated
+  for n in (16, 15, 3):
+    out, stats = four(images[:n])
+    want, want_stats = one(images[:n])
+    np.testing.assert_array_equal(out, want)
+    assert stats == want_stats
+    np.testing.assert_array_equal(four.outputs(images[:n]), want)
+  ref, ref_over, ref_max = reference.run(graph, images[:15], acc_bits=14)
+  out, stats = four(images[:15])
+  np.testing.assert_array_equal(out, ref)
+  assert {k: s["overflows"] for k, s in stats.items() if k in ref_over} == ref_over
+  assert {k: s["max_abs"] for k, s in stats.items() if k in ref_max} == ref_max
+  assert sum(ref_over.values()) > 0
+  with pytest.raises(ValueError, match="at least one device"):
+    Emulator(graph, accel, devices=[])
 
 
 def test_round_shift_hand_worked():

@@ -6,7 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from quantjax.intsim.lowering import conv_lowering, conv_patches, padded_outputs
+from quantjax.intsim.lowering import (
+  conv_lowering,
+  conv_patches,
+  integer_faster,
+  padded_outputs,
+)
 
 
 @pytest.mark.parametrize("strides,padding", [
@@ -52,3 +57,14 @@ def test_conv_lowering_by_backend():
   assert padded_outputs(16, "lax", True, "gpu") == 16
   with pytest.raises(ValueError, match="valid: auto, lax, patches"):
     conv_lowering("im2col")
+
+
+def test_integer_operands_where_faster_than_float32():
+  # 'auto' MACs on a CPU: int8 from 32 input channels (conv or dense), and an image's
+  # convolution (fewer than 4 inputs) on int8 or int16; float32 between; never on a GPU.
+  cpu = {(op, c, i8): integer_faster(op, c, i8, "cpu")
+         for op in ("conv", "dense") for c in (1, 3, 4, 16, 31, 32, 400) for i8 in (True, False)}
+  assert {k for k, faster in cpu.items() if faster} == {
+      ("conv", 1, True), ("conv", 1, False), ("conv", 3, True), ("conv", 3, False),
+      ("conv", 32, True), ("conv", 400, True), ("dense", 32, True), ("dense", 400, True)}
+  assert not any(integer_faster("conv", c, True, "gpu") for c in (1, 64))

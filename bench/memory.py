@@ -9,8 +9,11 @@ evaluated on the test split by the integer emulator (`eval.py --mode=int`'s path
 compare with fake-quant) against the float model's evaluation of the float run. Search: Goyal et
 al.'s fixed-point search (configs/ptq_fixedpoint.py) on the float run, against float training.
 A job's figure is its process's peak resident set size (`ru_maxrss`): interpreter, JAX, XLA's
-compiled code and the dataset included, what a user's run holds. Issue 14's targets: QAT at most
-1.15x float training, the emulator's evaluation at most 1.2x float evaluation.
+compiled code and the dataset included, what a user's run holds. The integer evaluation and the
+search get one CPU device per core, as `eval.py --mode=int` and `quantjax.ptq.run` give their
+process; training and float evaluation one device, as train.py and eval.py run them. Issue 14's
+targets: QAT at most 1.15x float training, the emulator's evaluation at most 1.2x float
+evaluation.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ sys.path.insert(0, {ROOT!r})
 sys.path.insert(0, {os.path.join(ROOT, "bench")!r})
 from absl import logging
 logging.set_verbosity(logging.ERROR)
+{{setup}}
 def peak():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 import jax, jax.numpy as jnp
@@ -95,9 +99,14 @@ print(json.dumps({{"peak_mib": peak(), "imported_mib": imported,
 """
 
 
-def measure(body: str, **fields) -> dict[str, float]:
-  """Runs `body` (formatted with `fields`) in a fresh interpreter; its printed peak and accuracy."""
-  code = _PRELUDE + body.format(**fields)
+# What `eval.py --mode=int` and `quantjax.ptq.run` do before JAX starts its backends.
+_PER_CORE = "from quantjax.train import sharding; sharding.cpu_device_per_core()"
+
+
+def measure(body: str, per_core: bool = False, **fields) -> dict[str, float]:
+  """Runs `body` (formatted with `fields`) in a fresh interpreter; its printed peak and accuracy.
+  `per_core`: the process gets one CPU device per core, as the job's own command gives it."""
+  code = _PRELUDE.format(setup=_PER_CORE if per_core else "") + body.format(**fields)
   out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
                        cwd=ROOT)
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -153,11 +162,13 @@ def main(argv):
           ("evaluate float (jitted float model)", measure(
               _EVAL_FLOAT, workdir=runs["float"], output=os.path.join(tmp, "float.json"))),
           ("integer emulator, uniform W8A8", measure(
-              _EVAL_INT, workdir=runs["uniform/W8A8"], output=os.path.join(tmp, "int.json")))):
+              _EVAL_INT, per_core=True, workdir=runs["uniform/W8A8"],
+              output=os.path.join(tmp, "int.json")))):
         infer.setdefault(name, []).append(result)
       search.setdefault("train float", []).append(train["train float"][-1])
       search.setdefault("fixed-point search (LeNet-5)", []).append(measure(
-          _PTQ, init_from=runs["float"], workdir=os.path.join(tmp, f"{rep}", "fxp")))
+          _PTQ, per_core=True, init_from=runs["float"],
+          workdir=os.path.join(tmp, f"{rep}", "fxp")))
       print(f"rep {rep}: inference {infer}, search {search}", flush=True)
   lines = [
       "# Peak host memory against float (LeNet-5, mnist5k)", "",
@@ -167,7 +178,8 @@ def main(argv):
       "resident set size of that process (interpreter, JAX, compiled code and dataset "
       "included). 'Above the imports' subtracts the peak after importing JAX and quantjax and "
       "running one op (the same in every job), leaving what the job itself added: data, "
-      "compilation, buffers.", "",
+      "compilation, buffers. The integer evaluation and the search run with one CPU device per "
+      "core, as their commands do; training and float evaluation on one device.", "",
       f"Training for {_EPOCHS.value:g} epochs (default config: batch 128, Adam), ratio to float "
       "training (issue 14's target: at most 1.15x):", "",
       *_table(train, "train float", 1.15), "",

@@ -24,9 +24,10 @@ class Accelerator:
   overflow: str = "saturate"  # 'saturate' or 'wrap'
   rounding: str = "half_even"  # requantization: 'half_even' (fake-quant's), 'half_up', 'floor'
   # How the exact integer MAC is computed: 'int' = jax.lax int8/int16 operands with
-  # preferred_element_type=int32 (int64 beyond 2^31); 'f32' / 'auto' = float32 where the bound
-  # K·max|a|·max|w| < 2^24 proves every partial sum exact (faster on CPU for convolutions),
-  # else as 'int'. All give the same integers.
+  # preferred_element_type=int32 (int64 beyond 2^31); 'f32' = float32 where the bound
+  # K·max|a|·max|w| < 2^24 proves every partial sum exact, else as 'int'; 'auto' = 'int' where
+  # integer operands are the faster (`lowering.integer_faster`), else as 'f32'. All give the
+  # same integers.
   mac: str = "auto"
 
   def __post_init__(self):

@@ -3,8 +3,9 @@
 Every node's arithmetic is integer (see quantjax.export.graph for the node semantics). The MAC of
 a conv/dense layer is exact: the operands are the decoded integer values (int8 where they fit,
 unsigned 8-bit activations shifted onto int8 with the shift's sum added back, else int16/int32)
-with `preferred_element_type=int32` (on a CPU, 'auto' takes int8 operands where training's
-integer products would: from 32 input channels on), an int64 path where the bound
+with `preferred_element_type=int32` (on a CPU, 'auto' takes integer operands where the whole
+graph ran faster on them, `lowering.integer_faster`: int8 from 32 input channels on, as training's
+integer products, and an image's convolution), an int64 path where the bound
 `K·max|a|·max|w|` reaches 2^31, or float32 where that bound is below 2^24 (`Accelerator.mac`).
 An integer convolution runs as `lax.conv_general_dilated` where the backend lowers integer
 convolutions (CPU, TPU), else as its patches times an integer matrix product (`conv='patches'`;

@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from quantjax.export.graph import Graph
-from quantjax.intsim.emulator import decode_weight, mac_bound, value_ranges
+from quantjax.intsim.bounds import decode_weight, mac_bound, value_ranges
 
 OPSET = 13
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from quantjax.export.graph import Graph
 from quantjax.export.onnx import OPSET, OnnxGraph, channel_shape
-from quantjax.intsim.emulator import decode_weight
+from quantjax.intsim.bounds import decode_weight
 from quantjax.quantizers.codes import layout_of
 
 _IDENTITY_TOL = 1e-6  # a per-channel requant factor this close to 1 (and no offset) is a no-op

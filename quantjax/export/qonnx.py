@@ -48,7 +48,7 @@ from quantjax.export.graph import Graph
 from quantjax.export.onnx import OPSET, OnnxGraph, channel_shape
 from quantjax.export.rescale import level_thresholds
 from quantjax.intsim.accelerator import Accelerator
-from quantjax.intsim.emulator import decode_weight, mac_bound, value_ranges
+from quantjax.intsim.bounds import decode_weight, mac_bound, value_ranges
 from quantjax.quantizers.codes import layout_of
 
 DOMAIN = "qonnx.custom_op.general"

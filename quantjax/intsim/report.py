@@ -9,7 +9,7 @@ import numpy as np
 
 from quantjax.export import format as format_lib
 from quantjax.export.graph import Graph
-from quantjax.intsim.emulator import decode_weight, decoded_range, mac_bound, value_ranges
+from quantjax.intsim.bounds import decode_weight, decoded_range, mac_bound, value_ranges
 
 
 def _bits_for(magnitude: int) -> int:

@@ -28,7 +28,8 @@ failure, floor at 2 bits); the config fields `ptq.extra_diagonal_step` and `ptq.
 
 Candidates differ only in 'quant_state' values of the `fixed_point` quantizer, so one compiled
 evaluation serves the whole search (`quantjax.ptq.evaluator`). `quantjax.ptq.suffix` evaluates
-only the layers from the one being searched on, stops a candidate once it cannot pass, and counts
+only the layers from the one being searched on, stops a candidate once it cannot pass (a
+neighbour in (c), once it cannot reach the current point's accuracy either), and counts
 a step's candidates together (`lookahead`); `dedupe` skips a weight or bias point that quantizes
 the tensor as one already evaluated did. The choices stay those of the plain search.
 """
@@ -105,13 +106,18 @@ def passes(acc: float, *, acc_fp: float, allowed: float) -> bool:
   return (acc_fp - acc) / acc_fp <= allowed + 1e-12
 
 
+def _passes_and_at_least(passing: Callable[[float], bool], at_least: float, acc: float) -> bool:
+  return passing(acc) and acc >= at_least
+
+
 def search_point(evaluate: Callable[[Sequence[Point]], Sequence[float]], start: Point, *,
                  acc_fp: float, allowed: float, tradeoff: float = 0.0015,
                  min_bits: int = MIN_BITS, max_bits: int = MAX_BITS,
                  extra_diagonal_step: bool = True,
                  log: Callable[[Point, float], None] | None = None,
                  start_acc: float | None = None, lookahead: bool = False,
-                 same: Callable[[Point], Hashable] | None = None) -> tuple[Point, float]:
+                 same: Callable[[Point], Hashable] | None = None,
+                 stop_below_current: bool = False) -> tuple[Point, float]:
   """One layer's component: steps (a), (b), (c) of the module docstring.
 
   Args:
@@ -131,6 +137,11 @@ def search_point(evaluate: Callable[[Sequence[Point]], Sequence[float]], start: 
       together; some are never read. The choice is the same: the steps read the same points.
     same: each point's `identity`; a point identical to one already evaluated is not evaluated
       again (its accuracy is the same).
+    stop_below_current: in (c), with the current point within budget, evaluate the neighbours
+      as `evaluate(points, at_least=acc(cur))`: one below the current point's accuracy can be
+      neither the move nor, the current point being in the neighbourhood, the optimum, so the
+      evaluator may return any accuracy below `at_least` for it (an early-stopped count). The
+      choice is the same.
 
   Returns:
     (the chosen point, its accuracy).
@@ -141,6 +152,7 @@ def search_point(evaluate: Callable[[Sequence[Point]], Sequence[float]], start: 
     return p if same is None else same(p)
 
   known = {key(p): a for p, a in seen.items()}  # accuracy by identity
+  floor: float | None = None  # (c): the accuracy below which a neighbour's count may stop
 
   def fetch(points: Sequence[Point]) -> None:
     new: dict[Hashable, Point] = {}
@@ -148,7 +160,9 @@ def search_point(evaluate: Callable[[Sequence[Point]], Sequence[float]], start: 
       if p not in seen and key(p) not in known:
         new.setdefault(key(p), p)
     if new:
-      for p, a in zip(new.values(), evaluate(list(new.values())), strict=True):
+      pending = list(new.values())
+      accs = evaluate(pending) if floor is None else evaluate(pending, at_least=floor)
+      for p, a in zip(pending, accs, strict=True):
         known[key(p)] = a
         if log is not None:
           log(p, a)
@@ -180,6 +194,8 @@ def search_point(evaluate: Callable[[Sequence[Point]], Sequence[float]], start: 
     while cur.bits > min_bits and ok(nxt := Point(cur.bits - 1, cur.frac)):
       cur = nxt
   # (c) the 3x3 neighbourhood
+  if stop_below_current and ok(cur):
+    floor = acc(cur)  # exact: a point within budget is counted whole
   around = [Point(cur.bits + db, cur.frac + df) for db in (-1, 0, 1) for df in (-1, 0, 1)]
   ahead(around)
   inside = [p for p in around if min_bits <= p.bits <= max_bits and ok(p)]
@@ -231,8 +247,10 @@ def search(evaluate: Callable[..., Sequence[float]], max_abs: Mapping[tuple[str,
     extra_diagonal_step: the authors' one more diagonal step past the first failure.
     focus: called with the current points and the (layer, component) about to be searched, before
       its candidates are evaluated (an evaluator can cache what the candidates share).
-    stop_early: pass `passing` to `evaluate` (see above). The choices are the same; a chosen point
-      that fails its budget is evaluated again in full for its accuracy.
+    stop_early: pass `passing` to `evaluate` (see above); in the neighbourhood step (c) a
+      neighbour's `passing` also asks for the current point's accuracy (`search_point`'s
+      `stop_below_current`). The choices are the same; a chosen point that fails its budget is
+      evaluated again in full for its accuracy.
     lookahead: send each step's possible points in one call (`search_point`); same choices.
     dedupe: evaluate a weight or bias point only if no point evaluated before quantizes the
       tensor identically (`identity`; their `max_abs` must then be exactly max|x| of the
@@ -278,7 +296,9 @@ def search(evaluate: Callable[..., Sequence[float]], max_abs: Mapping[tuple[str,
       if focus is not None:
         focus(points, key)
 
-      def at(candidates, key=key, passing=passing):
+      def at(candidates, key=key, passing=passing, at_least=None):
+        if at_least is not None:  # and within budget: both are monotone in the accuracy
+          passing = functools.partial(_passes_and_at_least, passing, at_least)
         return run([{**points, key: p} for p in candidates], passing)
 
       def log(p, a, path=path, component=component, i=i, allowed=allowed):
@@ -290,7 +310,8 @@ def search(evaluate: Callable[..., Sequence[float]], max_abs: Mapping[tuple[str,
       same = identity(max_abs[key]) if dedupe and component != "output" else None
       chosen, acc = search_point(at, start, acc_fp=acc_fp, allowed=allowed, tradeoff=tradeoff,
                                  min_bits=min_bits, extra_diagonal_step=extra_diagonal_step,
-                                 log=log, start_acc=acc, lookahead=lookahead, same=same)
+                                 log=log, start_acc=acc, lookahead=lookahead, same=same,
+                                 stop_below_current=stop_early)
       points[key] = chosen
       if stop_early and not passing(acc):  # an early-stopped count: the exact one for the record
         [acc] = run([points])

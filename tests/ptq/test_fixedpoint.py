@@ -154,6 +154,46 @@ def test_identical_points_are_evaluated_once():
   assert len({same(p) for p in evaluated}) == len(evaluated) < count
 
 
+# Landscapes whose neighbourhood step (c) has neighbours below the current point's accuracy.
+NEIGHBOURHOODS = [
+    ({(8, 4): 1.0, (7, 3): 0.999, (6, 2): 0.998, (5, 1): 0.9, (5, 2): 0.997, (4, 2): 0.9,
+      (6, 3): 0.998, (6, 1): 0.99, (5, 3): 0.99, (4, 1): 0.5, (4, 3): 0.5}, 0.0015),
+    (NOT_MONOTONE, 0.0015),
+    ({(8, 4): 1.0, (7, 3): 0.996, (6, 2): 0.9, (7, 4): 0.9, (6, 3): 0.9, (8, 3): 0.998}, 0.0015),
+    ({(8, 4): 1.0, (7, 3): 0.996, (6, 2): 0.9, (7, 4): 0.9, (6, 3): 0.9, (8, 3): 0.998}, 0.005),
+    ({(8, 4): 1.0, (7, 3): 1.0, (6, 2): 0.0, (6, 3): 0.0, (7, 2): 0.0, (6, 4): 1.0}, 0.0015),
+    # (c) from (6, 2): no neighbour beats it, and (5, 3) ties it one bit cheaper, so it moves
+    # there; a count stopped at the tie would keep (6, 2).
+    ({(8, 4): 1.0, (7, 3): 0.996, (6, 2): 0.997, (5, 1): 0.9, (5, 2): 0.9, (5, 3): 0.997,
+      (6, 1): 0.995, (6, 3): 0.996, (7, 2): 0.99}, 0.0015),
+]
+
+
+@pytest.mark.parametrize("table,tradeoff", NEIGHBOURHOODS)
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_neighbours_below_the_current_point_may_stop_early(table, tradeoff, lookahead):
+  # An evaluator that honours `at_least` as an early-stopping count would: any accuracy below
+  # it (here 0) for a point below it, the exact one otherwise.
+  floors = []
+
+  def plain(points):
+    return [table.get((p.bits, p.frac), 0.0) for p in points]
+
+  def stopping(points, at_least=None):
+    floors.append(at_least)
+    exact = plain(points)
+    return exact if at_least is None else [a if a >= at_least else 0.0 for a in exact]
+
+  options = dict(acc_fp=1.0, allowed=0.005, tradeoff=tradeoff, lookahead=lookahead)
+  want = fixedpoint.search_point(plain, Point(8, 4), **options)
+  got = fixedpoint.search_point(stopping, Point(8, 4), stop_below_current=True, **options)
+  assert got == want
+  # Only the neighbourhood step asks, and with the accuracy of the point it started from.
+  asked = [f for f in floors if f is not None]
+  assert asked and set(asked) <= {a for a in table.values()}
+  assert floors.index(asked[0]) == len(floors) - len(asked)
+
+
 def test_start_over_budget_gets_four_more_bits():
   chosen, _, _ = _table_search({(16, 12): 1.0}, Point(12, 8), allowed=0.005)
   assert chosen == Point(16, 12)

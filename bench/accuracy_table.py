@@ -59,9 +59,11 @@ from quantjax.reports.machine import machine  # noqa: E402
 from quantjax.train import checkpoint, preemption  # noqa: E402
 
 _DATASET = flags.DEFINE_enum(
-    "dataset", "mnist5k", ["mnist5k", "fashion_mnist", "fashion_mnist_resnet20"],
-    "mnist5k (LeNet-5, quick, 1,000 test digits), fashion_mnist (LeNet-5, the headline) or "
-    "fashion_mnist_resnet20 (the BatchNorm network, a few rows).")
+    "dataset", "mnist5k",
+    ["mnist5k", "fashion_mnist", "fashion_mnist_resnet20", "fashion_mnist_resnet20_short"],
+    "mnist5k (LeNet-5, quick, 1,000 test digits), fashion_mnist (LeNet-5, the headline), "
+    "fashion_mnist_resnet20 (the BatchNorm network, a few rows) or fashion_mnist_resnet20_short "
+    "(the same rows on the schedule a 2-core CPU can run: float 12 epochs, rows 3).")
 _QUICK = flags.DEFINE_bool("quick", False, "1 seed, a short schedule and a few rows (minutes).")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (--quick keeps the first one).")
 _EXTRA_SEEDS = flags.DEFINE_list(
@@ -135,10 +137,10 @@ def _fashion_config(name: str) -> ml_collections.ConfigDict:
   return lenet5.get_config(name)
 
 
-def _fashion_resnet20_config(name: str) -> ml_collections.ConfigDict:
+def _fashion_resnet20_config(name: str, schedule: str = "full") -> ml_collections.ConfigDict:
   from configs.fashion import resnet20
 
-  return resnet20.get_config(name)
+  return resnet20.get_config(f"{name},{schedule}")
 
 
 PROFILES = {
@@ -163,6 +165,17 @@ PROFILES = {
         rows=("float/FT", "uniform/W4A4", "uniform/W2A2", "nuuq/N4"),
         float_target=93.5,
         runs_dir="fashion_mnist_resnet20"),
+    # The same rows on the short schedule (float 12 epochs, rows fine-tuned 3): one seed in
+    # about 1.5 hours of a 2-core CPU.
+    "fashion_mnist_resnet20_short": Profile(
+        "fashion_mnist", "ResNet-20 on Fashion-MNIST, short schedule", "fashion_resnet20_short",
+        10000, lambda name: _fashion_resnet20_config(name, "short"),
+        nuuq_schedule=dict(recluster_every=100, freeze_at=1000),  # 1,266 fine-tuning steps
+        limits={"uniform/W4A4": 0.5, "uniform/W2A2": 3.0, "nuuq/N4": 0.5, "nuuq/N3": 1.0,
+                "liss/W4A4": 1.0},
+        rows=("float/FT", "uniform/W4A4", "uniform/W2A2", "nuuq/N4"),
+        float_target=93.5,
+        runs_dir="fashion_mnist_resnet20_short"),
 }
 
 

@@ -380,6 +380,31 @@ def test_resnet20_table_runs_its_rows_and_claims_only():
                     "NUUQ 4 levels within 0.5 points of float"]
 
 
+def test_resnet20_short_schedule_keeps_the_rows_and_shortens_float_and_rows_alike():
+  full, short = (table.PROFILES[n] for n in ("fashion_mnist_resnet20",
+                                              "fashion_mnist_resnet20_short"))
+  rows = table.sweep(short)
+  assert [r.name for r in rows] == [r.name for r in table.sweep(full)]
+  assert short.runs_dir != full.runs_dir and short.stem != full.stem  # never mixed with 'full'
+  float_config = table.make_config(None, 0, "", False, short)
+  assert (float_config.num_epochs, float_config.learning_rate) == (12.0, 0.1)
+  assert float_config.warmup_epochs == pytest.approx(0.6)  # 2 of 40 epochs, scaled
+  for row in rows:  # float/FT and every quantized row fine-tune equally long
+    assert table.make_config(row, 0, "/f", False, short).num_epochs == 3.0
+  nuuq = table.make_config(rows[-1], 0, "/f", False, short).quant.weight
+  assert nuuq.freeze_at < 3 * 54000 // 128  # NUUQ's levels freeze inside the 3 epochs
+  assert table.make_config(None, 0, "", False, full).num_epochs == 40.0
+
+
+def test_resnet20_config_rejects_an_unknown_schedule():
+  from configs.fashion import resnet20
+
+  assert resnet20.get_config("float").num_epochs == 40.0
+  assert resnet20.get_config("nuuq,short").num_epochs == 3.0
+  with pytest.raises(ValueError, match="unknown schedule 'fast'; use one of full, short"):
+    resnet20.get_config("float,fast")
+
+
 def test_shards_split_the_plan_without_overlap():
   rows = table.sweep(PROFILE)
   plan = table.plan_runs(rows, ["0", "1", "2"])

@@ -49,6 +49,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.init_from = ""  # workdir of a (float) run to fine-tune from; '' = from scratch
   # Bookkeeping.
   config.num_devices = 0  # 0 = all local devices (data parallel)
+  # On a CPU: 'auto' gives a run one device per core when a step's forward pass has >= 1 G
+  # multiply-adds (ResNet-20, VGG-small; not LeNet-5), 'per_core', or 'one' (XLA's default).
+  # Chosen before JAX starts; XLA_FLAGS=--xla_force_host_platform_device_count=N overrides it.
+  config.cpu_devices = "auto"
   config.log_every_steps = 50
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 3

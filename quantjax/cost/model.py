@@ -137,7 +137,7 @@ def _packed_bytes(count: int, bits: float) -> int:
 def _layer_cost(layer: LayerInfo, bits: LayerBits) -> dict[str, Any]:
   out_hw = math.prod(layer.output_shape[1:-1])  # H_out·W_out for a conv, 1 for a dense layer
   num_outputs = math.prod(layer.output_shape[1:])  # activations per image
-  macs = layer.num_weights * out_hw
+  macs = layer.macs
   bias_table = bits.bias_table_bits if layer.num_bias else 0
   weight_mem = bits.weight * layer.num_weights + bits.weight_table_bits
   bias_mem = bits.bias * layer.num_bias + bias_table

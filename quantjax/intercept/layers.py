@@ -38,6 +38,12 @@ class LayerInfo:
   def num_bias(self) -> int:
     return self.kernel_shape[-1] if self.has_bias else 0
 
+  @property
+  def macs(self) -> int:
+    """Multiply-adds per example: every weight once per output position (H_out·W_out for a
+    conv, 1 for a dense layer)."""
+    return self.num_weights * math.prod(self.output_shape[1:-1])
+
 
 @dataclasses.dataclass(frozen=True)
 class FloatLayer:
@@ -104,13 +110,13 @@ def _discover(model, sample, **call_kwargs) -> tuple[list[LayerInfo], list[Float
         )
     return out
 
-  def init():
+  def init(sample):
     with nn.intercept_methods(record):
       return model.init(
           {"params": jax.random.key(0), "dropout": jax.random.key(1)}, sample, **call_kwargs
       )
 
-  jax.eval_shape(init)
+  jax.eval_shape(init, sample)  # a traced argument: a ShapeDtypeStruct sample starts no backend
   if not found:
     raise ValueError(f"model {type(model).__name__} has no nn.Conv or nn.Dense layer to quantize")
   for layer in left_float.values():
@@ -119,6 +125,8 @@ def _discover(model, sample, **call_kwargs) -> tuple[list[LayerInfo], list[Float
   return list(found.values()), list(left_float.values())
 
 
-def sample_input(image_shape: tuple[int, ...], batch: int = 2) -> jax.Array:
-  """A zero batch `[batch, *image_shape]` for discovery and initialisation shapes."""
-  return jnp.zeros((batch, *image_shape), jnp.float32)
+def sample_input(image_shape: tuple[int, ...], batch: int = 2) -> jax.ShapeDtypeStruct:
+  """The shape of a float32 batch `[batch, *image_shape]`, for discovery: abstract, so finding
+  the layers allocates nothing and starts no JAX backend (a CPU host may still choose its device
+  count afterwards, `quantjax.train.sharding.cpu_devices_for_training`)."""
+  return jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)

@@ -58,6 +58,10 @@ class Experiment:
   layers: list[LayerInfo]
   plan: QuantPlan  # empty for float runs
 
+  def step_macs(self, batch_size: int) -> int:
+    """Multiply-adds of the Conv/Dense layers' forward pass over `batch_size` examples."""
+    return batch_size * sum(layer.macs for layer in self.layers)
+
   @property
   def num_classes(self) -> int:
     return self.dataset.spec.num_classes

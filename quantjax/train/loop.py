@@ -120,10 +120,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     NaNLossError: the loss became NaN or infinite (the last good checkpoint is kept).
     Preempted: a signal stopped the run after saving its current step.
   """
+  # Every name and value checked before any work; a dataset prepared by one process.
+  # Several processes: jax.distributed has started JAX, which one process alone must not.
+  build = lambda: experiment.build(config)  # noqa: E731
+  exp = distributed.lead_first(build) if jax.distributed.is_initialized() else build()
+  # Finding the layers started no backend, so a CPU may still get one device per core.
+  sharding.cpu_devices_for_training(config.get("cpu_devices", "auto"),
+                                    exp.step_macs(config.batch_size))
   lead = distributed.is_lead()  # one process writes the workdir's files (Orbax its arrays)
   wd = Workdir(workdir, writer=lead)
-  # Every name and value checked before any work; a dataset prepared by one process.
-  exp = distributed.lead_first(lambda: experiment.build(config))
   mesh = sharding.make_mesh(config.get("num_devices", 0))
   sharding.check_batch_size(config.batch_size, mesh)
   sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")

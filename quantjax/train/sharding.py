@@ -24,9 +24,9 @@ def cpu_device_per_core() -> bool:
 
   XLA's CPU backend runs each convolution on one core, so a program on one CPU device leaves
   the others mostly idle; one device per core lets a program that splits its batch over the
-  local devices use them all (`quantjax.ptq.suffix`, `quantjax.intsim.Emulator`). Must run
-  before JAX starts its backends (it sets XLA_FLAGS); does nothing if XLA_FLAGS already sets a
-  device count or they started.
+  local devices use them all (`quantjax.ptq.suffix`, `quantjax.intsim.Emulator`, and training
+  through `cpu_devices_for_training`). Must run before JAX starts its backends (it sets
+  XLA_FLAGS); does nothing if XLA_FLAGS already sets a device count or they started.
 
   Returns:
     Whether it set the device count.
@@ -36,6 +36,38 @@ def cpu_device_per_core() -> bool:
     return False
   os.environ["XLA_FLAGS"] = f"{flags} {CPU_DEVICE_COUNT_FLAG}={cpu_cores()}".strip()
   return True
+
+
+# A training step whose forward pass (the global batch's) has at least this many multiply-adds
+# gets one CPU device per core under cpu_devices='auto'. results/cpu_devices*.md (two 2-core
+# hosts): LeNet-5 (0.05 G at batch 128) trains 0.73-1.08x as fast on two devices as on one
+# (medians), ResNet-20 (4.0 G) 1.15-1.71x and the Sequential net (5.7 G) 1.43-1.94x;
+# VGG-small (15 G) and ResNet-18 are larger still.
+PER_CORE_MIN_STEP_MACS = 1e9
+CPU_DEVICES = ("auto", "one", "per_core")
+
+
+def cpu_devices_for_training(setting: str, step_macs: float) -> bool:
+  """Chooses, before JAX starts, how many CPU devices a training run gets (`config.cpu_devices`).
+
+  Args:
+    setting: 'auto' (one device per core when a step's forward pass has at least
+      PER_CORE_MIN_STEP_MACS multiply-adds, else XLA's one), 'per_core' or 'one'.
+    step_macs: multiply-adds of one training step's forward pass (the global batch).
+
+  Returns:
+    Whether it set one device per core (nothing is set when XLA_FLAGS names a device count,
+    when JAX has started, or with 'one').
+
+  Raises:
+    ValueError: an unknown setting (one line, naming the valid ones).
+  """
+  if setting not in CPU_DEVICES:
+    raise ValueError(f"cpu_devices={setting!r} is not valid; choose one of "
+                     f"{', '.join(CPU_DEVICES)}")
+  if setting == "one" or (setting == "auto" and step_macs < PER_CORE_MIN_STEP_MACS):
+    return False
+  return cpu_device_per_core()
 
 
 def cpu_cores() -> int:

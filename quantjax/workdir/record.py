@@ -30,6 +30,7 @@ SAFE_FIELDS = {
     "histogram_every_steps": "TensorBoard histograms (read the weights, never update them)",
     "data_dir": "where the same dataset is stored",
     "num_devices": "how many devices share each (identical) global batch",
+    "cpu_devices": "how many CPU devices share each (identical) global batch",
     "quant.integer_products": "whether products run on the integers (the same sums, float32 "
                               "rounding apart)",
 }

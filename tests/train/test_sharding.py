@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from quantjax.train import checkpoint, train_and_evaluate
+from quantjax.train import checkpoint, sharding, train_and_evaluate
 
 needs_4 = pytest.mark.skipif(jax.device_count() < 4,
                              reason="needs 4 (fake) devices: see tests/conftest.py")
@@ -80,3 +80,52 @@ def test_cpu_device_per_core(xla_flags, expected):
   out = subprocess.run([sys.executable, "-c", _DEVICES], env=env, capture_output=True, text=True,
                        timeout=120, check=True)
   assert out.stdout.split("\n")[-2] == expected
+
+
+_CHOICE = ("import sys; from quantjax.train import sharding; "
+           "print(sharding.cpu_devices_for_training(sys.argv[1], float(sys.argv[2]))); "
+           "import jax; print(jax.local_device_count())")
+
+
+@pytest.mark.parametrize("setting, step_macs, per_core", [
+    ("auto", 128 * 416_520, False),  # LeNet-5's forward pass at batch 128: 0.05 G
+    ("auto", 1e9, True),  # at the limit (ResNet-20's at 28x28 is 4.0 G)
+    ("one", 1e12, False),
+    ("per_core", 1.0, True),
+])
+def test_cpu_devices_for_training(setting, step_macs, per_core):
+  env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+  env.update(JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _CHOICE, setting, repr(step_macs)], env=env,
+                       capture_output=True, text=True, timeout=120, check=True)
+  cores = len(os.sched_getaffinity(0))
+  assert out.stdout.split("\n")[-3:-1] == [str(per_core), str(cores if per_core else 1)]
+
+
+def test_cpu_devices_setting_must_be_known():
+  with pytest.raises(ValueError, match=r"^cpu_devices='two' is not valid; choose one of auto, "
+                                       r"one, per_core$"):
+    sharding.cpu_devices_for_training("two", 1e12)
+
+
+# Building an experiment (dataset, model, layers, plan) must start no JAX backend, or training
+# could not choose its CPU devices after it; checked for every method's config.
+_BUILD = ("import importlib, sys; from jax._src import xla_bridge; "
+          "from quantjax.train import experiment\n"
+          "for name in sys.argv[2:]:\n"
+          "  config = importlib.import_module('configs.' + name).get_config()\n"
+          "  config.data_dir = sys.argv[1]\n"
+          "  exp = experiment.build(config, training=False)\n"
+          "  print(name, xla_bridge.backends_are_initialized(), exp.step_macs(128))")
+
+
+def test_building_an_experiment_starts_no_backend(tmp_path):
+  names = ["default", "float", "esb", "nuuq", "liss", "pot", "log", "pact", "ptq_fixedpoint"]
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([sys.executable, "-c", _BUILD, str(tmp_path), *names], env=env, cwd=root,
+                       capture_output=True, text=True, timeout=300, check=True)
+  # LeNet-5's multiply-adds per image: conv1 5*5*1*6 * 28*28 + conv2 5*5*6*16 * 10*10
+  # + fc1 400*120 + fc2 120*84 + fc3 84*10 = 117,600 + 240,000 + 48,000 + 10,080 + 840.
+  assert out.stdout.split("\n")[-len(names) - 1:-1] == [
+      f"{name} False {128 * 416_520}" for name in names]

@@ -166,7 +166,7 @@ PROFILES = {
         float_target=93.5,
         runs_dir="fashion_mnist_resnet20"),
     # The same rows on the short schedule (float 12 epochs, rows fine-tuned 3): one seed in
-    # about 1.5 hours of a 2-core CPU.
+    # 1.2-2.2 hours of a 2-core CPU (configs/fashion/resnet20.py).
     "fashion_mnist_resnet20_short": Profile(
         "fashion_mnist", "ResNet-20 on Fashion-MNIST, short schedule", "fashion_resnet20_short",
         10000, lambda name: _fashion_resnet20_config(name, "short"),

@@ -5,10 +5,11 @@
     --workdir=runs/fm_r20/uniform --config.init_from=runs/fm_r20/float
   python train.py --config=configs/fashion/resnet20.py:float,short --workdir=runs/fm_r20s/float
 
-Why ResNet-20 and not VGG-small: at 28×28 it needs about 30 M multiply-adds per image against
-VGG-small's 150 M (64-128-256 channels), and it is the network most low-bit papers report. Even so,
-on a 2-core CPU an epoch of 54,000 images takes about 7 minutes (421 steps at about one step per
-second), so the 40 float epochs take about 5 hours per seed; on one H200 GPU, 4 minutes.
+Why ResNet-20 and not VGG-small: at 28×28 it needs 31 M multiply-adds per image against
+VGG-small's 116 M (64-128-256 channels), and it is the network most low-bit papers report. Even so,
+a 2-core CPU (one device per core, as training takes for it) runs 2.5 steps/s on an Intel host and
+1.2-1.4 on an AMD EPYC one, so the 40 float epochs (16,840 steps) take 2-3.5 hours per seed; on
+one H200 GPU, 4 minutes.
 
 Float: SGD with Nesterov momentum 0.9, peak 0.1, cosine to zero over 40 epochs, weight decay 5e-4
 on kernels, random 2-pixel shifts and horizontal flips. Methods (the argument names a configs/
@@ -17,8 +18,8 @@ from the float run; the first conv and the classifier keep 8-bit weights.
 
 Schedules (the argument's optional second part): `full` (the default) as above; `short`, float 12
 epochs and rows 3, for a 2-core CPU, where one seed's float run and four fine-tuned rows then take
-about 1.5 hours instead of about 4 (the full float run alone is about 2 hours there). Every row of a
-table and its float baseline use the same schedule.
+about 1.2 hours (Intel) to 2.2 hours (AMD EPYC) instead of 4-7. Every row of a table and its float
+baseline use the same schedule.
 
 Should reach: float >= 93.5 % test accuracy (3-seed mean; compact BN networks with augmentation
 reach 93-94.7 % in Fashion-MNIST's benchmark). Measured: 94.75 ± 0.05 % over seeds 0-2

@@ -57,6 +57,7 @@ from quantjax import quantizers, train  # noqa: E402
 from quantjax.reports import progress  # noqa: E402
 from quantjax.reports.machine import machine  # noqa: E402
 from quantjax.train import checkpoint, experiment, preemption, sharding  # noqa: E402
+from quantjax.workdir import write_text_atomic  # noqa: E402
 
 _DATASET = flags.DEFINE_enum(
     "dataset", "mnist5k",
@@ -709,11 +710,10 @@ def plot_pareto(report: dict[str, Any], path: str) -> None:
 
 def write_outputs(report: dict[str, Any], out_dir: str, stem: str = "accuracy") -> None:
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:
-    f.write(markdown(report))
-  with open(os.path.join(out_dir, f"{stem}.json"), "w") as f:
-    json.dump(report, f, indent=1, sort_keys=True)
-    f.write("\n")
+  # Rewritten after every run of a sweep: a kill mid-write must not lose the last table.
+  write_text_atomic(os.path.join(out_dir, f"{stem}.md"), markdown(report))
+  write_text_atomic(os.path.join(out_dir, f"{stem}.json"),
+                    json.dumps(report, indent=1, sort_keys=True) + "\n")
   plot_pareto(report, os.path.join(out_dir, "pareto.png" if stem == "accuracy"
                                    else f"{stem}_pareto.png"))
 

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from quantjax.reports.machine import machine  # noqa: E402
 from quantjax.train.sharding import CPU_DEVICE_COUNT_FLAG, cpu_cores  # noqa: E402
+from quantjax.workdir import write_text_atomic  # noqa: E402
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # name -> (config, overrides, training images per epoch, batch size)
@@ -108,8 +109,7 @@ def main(argv):
   text = "\n".join(lines) + "\n"
   print(text)
   if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      f.write(text)
+    write_text_atomic(_OUT.value, text)
 
 
 if __name__ == "__main__":

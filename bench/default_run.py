@@ -21,6 +21,7 @@ import time
 from absl import app, flags
 
 from quantjax.reports.machine import machine
+from quantjax.workdir import write_text_atomic
 
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run.")
 _OUT = flags.DEFINE_string("out", "results/default_run.md", "Markdown output.")
@@ -82,8 +83,7 @@ def main(argv):
       "",
   ]
   os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-  with open(_OUT.value, "w") as f:
-    f.write("\n".join(lines))
+  write_text_atomic(_OUT.value, "\n".join(lines))
   print("\n".join(lines))
 
 

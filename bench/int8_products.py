@@ -27,6 +27,7 @@ from absl import app, flags
 from quantjax import int8
 from quantjax.intsim.lowering import conv_patches
 from quantjax.reports.machine import machine
+from quantjax.workdir import write_text_atomic
 
 _REPS = flags.DEFINE_integer("reps", 9, "Interleaved repetitions per shape.")
 _OUT = flags.DEFINE_string("out", "", "Markdown output (optional).")
@@ -114,8 +115,7 @@ def main(argv):
       "|---|---|---|---|---|---|---|", *rows, ""])
   print(text)
   if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      f.write(text)
+    write_text_atomic(_OUT.value, text)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ def main(argv):
   from quantjax.intsim import Accelerator
   from quantjax.intsim.evaluate import compare, raw_split
   from quantjax.reports.machine import machine
+  from quantjax.workdir import write_text_atomic
 
   commands = {"float": _train("float", "configs/float.py", [], _FLOAT_EPOCHS.value)}
   rows = [r for r in ROWS if not _ONLY.value or r[0] in _ONLY.value.split(",")]
@@ -113,11 +114,10 @@ def main(argv):
   for name, r in results.items():
     lines += ["", f"## Hardware report: {name}", "", format_report(r["hardware"])]
   os.makedirs(_OUT.value, exist_ok=True)
-  with open(os.path.join(_OUT.value, "int_agreement.json"), "w") as f:
-    json.dump({"date": date, "machine": machine(), "command": command, "commands": commands,
-               "results": results}, f, indent=1)
-  with open(os.path.join(_OUT.value, "int_agreement.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  write_text_atomic(os.path.join(_OUT.value, "int_agreement.json"), json.dumps(
+      {"date": date, "machine": machine(), "command": command, "commands": commands,
+       "results": results}, indent=1))
+  write_text_atomic(os.path.join(_OUT.value, "int_agreement.md"), "\n".join(lines) + "\n")
   print("\n".join(lines[:12 + len(results)]))
 
 

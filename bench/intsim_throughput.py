@@ -55,6 +55,7 @@ def main(argv):
   from quantjax.intsim import Accelerator, Emulator
   from quantjax.intsim.evaluate import raw_split
   from quantjax.reports.machine import machine
+  from quantjax.workdir import write_text_atomic
 
   exp, variables, _ = load_run(_WORKDIR.value)
   graph = export_run(exp, variables)
@@ -134,8 +135,7 @@ def main(argv):
   text = "\n".join(lines) + "\n"
   print(text)
   if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      f.write(text)
+    write_text_atomic(_OUT.value, text)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from quantjax import train  # noqa: E402
 from quantjax.reports.machine import machine  # noqa: E402
 from quantjax.train import experiment, sharding, steps  # noqa: E402
 from quantjax.train.loop import init_state  # noqa: E402
+from quantjax.workdir import write_text_atomic  # noqa: E402
 
 _STEPS = flags.DEFINE_integer("steps", 400, "Training steps per measurement.")
 _LOG_EVERY = flags.DEFINE_integer("log_every", 50, "The loop's log interval (its steps/s).")
@@ -125,8 +126,7 @@ def main(argv):
   text = "\n".join(lines) + "\n"
   print(text)
   if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      f.write(text)
+    write_text_atomic(_OUT.value, text)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from quantjax.reports.machine import machine  # noqa: E402
+from quantjax.workdir import write_text_atomic  # noqa: E402
 
 _EPOCHS = flags.DEFINE_float("epochs", 2.0, "Training epochs per variant.")
 _REPS = flags.DEFINE_integer("reps", 3, "Repetitions of every job (each in a fresh process); "
@@ -192,8 +193,7 @@ def main(argv):
   text = "\n".join(lines) + "\n"
   print(text)
   if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      f.write(text)
+    write_text_atomic(_OUT.value, text)
 
 
 if __name__ == "__main__":

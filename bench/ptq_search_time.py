@@ -54,6 +54,7 @@ from quantjax.ptq.evaluator import Evaluator  # noqa: E402
 from quantjax.ptq.run import DEFAULT_SPEEDUPS, SPEEDUPS, search_fixed_point  # noqa: E402
 from quantjax.reports.machine import machine  # noqa: E402
 from quantjax.train import checkpoint, experiment, sharding  # noqa: E402
+from quantjax.workdir import write_text_atomic  # noqa: E402
 
 _INIT_FROM = flags.DEFINE_string("init_from", "runs/ptq/float_sequential_fashion",
                                  "Workdir of a float Sequential run on Fashion-MNIST (trained "
@@ -199,12 +200,10 @@ def main(argv):
   text = "\n".join(lines) + "\n"
   print(text)
   os.makedirs(_OUT_DIR.value, exist_ok=True)
-  with open(os.path.join(_OUT_DIR.value, "ptq_search_time.md"), "w") as f:
-    f.write(text)
-  with open(os.path.join(_OUT_DIR.value, "ptq_search_time.json"), "w") as f:
-    json.dump({"date": date, "machine": where, "command": command, "images": len(images),
-               "float_accuracy": acc_fp, "load_average_start": load[0], "rows": rows}, f,
-              indent=1)
+  write_text_atomic(os.path.join(_OUT_DIR.value, "ptq_search_time.md"), text)
+  write_text_atomic(os.path.join(_OUT_DIR.value, "ptq_search_time.json"), json.dumps(
+      {"date": date, "machine": where, "command": command, "images": len(images),
+       "float_accuracy": acc_fp, "load_average_start": load[0], "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from absl import app, flags
 
 from quantjax.reports import progress
 from quantjax.reports.machine import machine
+from quantjax.workdir import write_text_atomic
 
 _DATASET = flags.DEFINE_enum("dataset", "mnist5k", ["mnist5k", "fashion_mnist"],
                              "mnist5k (quick; 500 validation digits) or fashion_mnist (issue 10: "
@@ -148,8 +149,7 @@ def run_one(model: str, name: str, config: str, overrides: list[str]) -> dict:
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     timing = {"wall_seconds": time.perf_counter() - start, "cpu_seconds": cpu,
               "command": " ".join(cmd[1:]), "date": datetime.date.today().isoformat()}
-    with open(timing_path, "w") as f:
-      json.dump(timing, f, indent=2)
+    write_text_atomic(timing_path, json.dumps(timing, indent=2))
   else:
     progress.write(f"reusing: {workdir}", sys.stdout)
   timing = {}
@@ -315,15 +315,13 @@ def main(argv):
     if r["name"].startswith("mxqn"):
       lines += _mxqn_table(r)
   os.makedirs(_OUT_DIR.value, exist_ok=True)
-  with open(os.path.join(_OUT_DIR.value, f"ptq{prof.suffix}.md"), "w") as f:
-    f.write("\n".join(lines))
-  with open(os.path.join(_OUT_DIR.value, f"ptq{prof.suffix}.json"), "w") as f:
-    json.dump({"date": today, "machine": where, "command": command, "rows": rows,
-               "fixedpoint_rules": {f"{r['name']}_{r['model']}": r["rules"] for r in results
-                                    if r["name"].startswith("fixedpoint")},
-               "mxqn_layers": {f"{r['name']}_{r['model']}": r["report"].get("layers")
-                               for r in results if r["name"].startswith("mxqn")}},
-              f, indent=2)
+  write_text_atomic(os.path.join(_OUT_DIR.value, f"ptq{prof.suffix}.md"), "\n".join(lines))
+  write_text_atomic(os.path.join(_OUT_DIR.value, f"ptq{prof.suffix}.json"), json.dumps(
+      {"date": today, "machine": where, "command": command, "rows": rows,
+       "fixedpoint_rules": {f"{r['name']}_{r['model']}": r["rules"] for r in results
+                            if r["name"].startswith("fixedpoint")},
+       "mxqn_layers": {f"{r['name']}_{r['model']}": r["report"].get("layers")
+                       for r in results if r["name"].startswith("mxqn")}}, indent=2))
   plot_bits(results, os.path.join(_OUT_DIR.value, f"fxp_bits{prof.suffix}.png"))
   print("\n".join(lines[:20]))
 

@@ -50,6 +50,7 @@ from quantjax import intercept, models
 from quantjax.reports.machine import machine
 from quantjax.train import optimizer, steps
 from quantjax.train.state import TrainState
+from quantjax.workdir import write_text_atomic
 
 _MODEL = flags.DEFINE_string("model", "lenet5", "Model name (quantjax.models).")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
@@ -266,8 +267,7 @@ def main(argv):
   print(text)
   if _OUT.value:
     os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-    with open(_OUT.value, "w") as f:
-      f.write(text)
+    write_text_atomic(_OUT.value, text)
 
 
 if __name__ == "__main__":

@@ -48,18 +48,32 @@ TENSORBOARD = "tensorboard"
 EXPORT = "int_graph"
 
 
-def write_json_atomic(path: str, data: Any) -> None:
-  """Writes JSON via a temporary file and a rename, so a crash never leaves half a file."""
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes `text` via a temporary file and a rename, so a crash or a kill mid-write never
+  leaves half a file: the path holds the old text or the new one.
+
+  Raises:
+    ValueError: the path cannot be written (one line).
+  """
   tmp = f"{path}.tmp"
   try:
-    with open(tmp, "w") as f:
-      json.dump(data, f, indent=2, sort_keys=True, default=_json_default)
-      f.write("\n")
-    os.replace(tmp, path)
+    try:
+      with open(tmp, "w") as f:
+        f.write(text)
+      os.replace(tmp, path)
+    except BaseException:
+      if os.path.isfile(tmp):
+        os.remove(tmp)
+      raise
   except IsADirectoryError:
     raise ValueError(f"cannot write {path}: it is a directory") from None
   except OSError as e:
     raise ValueError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def write_json_atomic(path: str, data: Any) -> None:
+  """Writes JSON atomically (`write_text_atomic`)."""
+  write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
 def read_json(path: str, what: str = "a JSON object") -> Any:
@@ -258,9 +272,7 @@ class Workdir:
   def write_text(self, name: str, text: str) -> str:
     self._writing(name)
     path = self.file(name)
-    with open(f"{path}.tmp", "w") as f:
-      f.write(text)
-    os.replace(f"{path}.tmp", path)
+    write_text_atomic(path, text)
     return path
 
   def truncate_metrics(self, step: int, *, keep_evaluations_at_step: bool = True) -> None:
@@ -284,9 +296,7 @@ class Workdir:
         at_step_eval = entry["step"] == step and not any(k.startswith("train/") for k in entry)
         if entry["step"] <= step and (keep_evaluations_at_step or not at_step_eval):
           kept.append(line if line.endswith("\n") else line + "\n")
-    with open(f"{self.metrics_file}.tmp", "w") as f:
-      f.writelines(kept)
-    os.replace(f"{self.metrics_file}.tmp", self.metrics_file)
+    write_text_atomic(self.metrics_file, "".join(kept))
 
   # -- checkpoints ---------------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ from absl import app, flags, logging  # noqa: E402
 from quantjax import quantizers, train  # noqa: E402
 from quantjax.reports import progress  # noqa: E402
 from quantjax.reports.machine import machine  # noqa: E402
-from quantjax.train import checkpoint, experiment, preemption, sharding  # noqa: E402
+from quantjax.train import checkpoint, experiment, preemption  # noqa: E402
 from quantjax.workdir import write_text_atomic  # noqa: E402
 
 _DATASET = flags.DEFINE_enum(
@@ -779,11 +779,8 @@ def sweep_main(argv):
   out_dir = _OUT_DIR.value
   if quick and not flags.FLAGS["out_dir"].present:
     out_dir = os.path.join(out_dir, "quick")
-  if not _REPORT_ONLY.value:  # the process's CPU devices, as train.py would choose them for
-    float_config = make_config(None, 0, "", quick, profile)  # its float run (before JAX starts)
-    sharding.cpu_devices_for_training(
-        float_config.cpu_devices,
-        experiment.build(float_config).step_macs(float_config.batch_size))
+  if not _REPORT_ONLY.value:  # the process's CPU devices, as train.py would choose them
+    experiment.choose_cpu_devices(make_config(None, 0, "", quick, profile))  # for its float run
   start = time.perf_counter()
   results: dict[str, dict[str, dict]] = {}
   status: dict[str, str] = {}

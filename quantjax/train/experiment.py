@@ -13,6 +13,7 @@ import ml_collections
 from quantjax import data, models
 from quantjax.intercept import LayerInfo, QuantPlan, discover_layers, plan_from_config, sample_input
 from quantjax.intercept.plan import check_quant_config
+from quantjax.train import sharding
 
 MODES = ("train", "ptq")  # gradient training (float or QAT) | post-training quantization
 
@@ -102,3 +103,13 @@ def build(config: ml_collections.ConfigDict, *, quantized: bool = True,
   layers = discover_layers(model, sample_input(dataset.spec.image_shape), train=False)
   plan = plan_from_config(config.get("quant"), layers) if quantized else QuantPlan()
   return Experiment(config=config, dataset=dataset, model=model, layers=layers, plan=plan)
+
+
+def choose_cpu_devices(config: ml_collections.ConfigDict, exp: Experiment | None = None) -> bool:
+  """Before JAX starts: one CPU device per core for this config's training if
+  `config.cpu_devices` asks for it ('auto': a step of at least 1 G forward multiply-adds;
+  `sharding.cpu_devices_for_training`). `exp`: the config's experiment, if already built (building
+  one starts no backend). Returns whether it set one device per core."""
+  exp = exp or build(config)
+  return sharding.cpu_devices_for_training(config.get("cpu_devices", "auto"),
+                                           exp.step_macs(config.batch_size))

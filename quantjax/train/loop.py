@@ -124,9 +124,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Several processes: jax.distributed has started JAX, which one process alone must not.
   build = lambda: experiment.build(config)  # noqa: E731
   exp = distributed.lead_first(build) if jax.distributed.is_initialized() else build()
-  # Finding the layers started no backend, so a CPU may still get one device per core.
-  sharding.cpu_devices_for_training(config.get("cpu_devices", "auto"),
-                                    exp.step_macs(config.batch_size))
+  experiment.choose_cpu_devices(config, exp)  # building it started no backend
   lead = distributed.is_lead()  # one process writes the workdir's files (Orbax its arrays)
   wd = Workdir(workdir, writer=lead)
   mesh = sharding.make_mesh(config.get("num_devices", 0))

@@ -129,3 +129,20 @@ def test_building_an_experiment_starts_no_backend(tmp_path):
   # + fc1 400*120 + fc2 120*84 + fc3 84*10 = 117,600 + 240,000 + 48,000 + 10,080 + 840.
   assert out.stdout.split("\n")[-len(names) - 1:-1] == [
       f"{name} False {128 * 416_520}" for name in names]
+
+
+_CHOOSE = ("import sys; from configs import default; from quantjax.train import experiment\n"
+           "config = default.get_config(); config.data_dir = sys.argv[1]\n"
+           "config.model = sys.argv[2]\n"
+           "print(experiment.choose_cpu_devices(config))\n"
+           "import jax; print(jax.local_device_count())")
+
+
+@pytest.mark.parametrize("model, per_core", [("lenet5", False), ("resnet20", True)])
+def test_training_chooses_cpu_devices_by_its_step(tmp_path, model, per_core):
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([sys.executable, "-c", _CHOOSE, str(tmp_path), model], env=env, cwd=root,
+                       capture_output=True, text=True, timeout=300, check=True)
+  cores = len(os.sched_getaffinity(0))
+  assert out.stdout.split("\n")[-3:-1] == [str(per_core), str(cores if per_core else 1)]

@@ -168,7 +168,7 @@ PROFILES = {
         runs_dir="fashion_mnist_resnet20"),
 }
 # The same rows and claims on the short schedule (float 12 epochs, rows fine-tuned 3): one seed in
-# 1.2-2.2 hours of a 2-core CPU (configs/fashion/resnet20.py).
+# an estimated 1.2-2.2 hours of a 2-core CPU (configs/fashion/resnet20.py).
 PROFILES["fashion_mnist_resnet20_short"] = dataclasses.replace(
     PROFILES["fashion_mnist_resnet20"], title="ResNet-20 on Fashion-MNIST, short schedule",
     stem="fashion_resnet20_short", config=lambda name: _fashion_resnet20_config(name, "short"),

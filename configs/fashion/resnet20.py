@@ -18,8 +18,9 @@ from the float run; the first conv and the classifier keep 8-bit weights.
 
 Schedules (the argument's optional second part): `full` (the default) as above; `short`, float 12
 epochs and rows 3, for a 2-core CPU, where one seed's float run and four fine-tuned rows then take
-about 1.2 hours (Intel) to 2.2 hours (AMD EPYC) instead of 4-7. Every row of a table and its float
-baseline use the same schedule.
+about 1.2 hours (Intel) to 2.2 hours (AMD EPYC) instead of 4-7 (estimated from the step rates
+above; no seed has run to the end yet). Every row of a table and its float baseline use the same
+schedule.
 
 Should reach: float >= 93.5 % test accuracy (3-seed mean; compact BN networks with augmentation
 reach 93-94.7 % in Fashion-MNIST's benchmark). Measured: 94.75 ± 0.05 % over seeds 0-2

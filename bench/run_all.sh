@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 runs=${RUNS:-runs/bench}
 mkdir -p "$runs"
 
+# The convolutions' kernel gradient tap by tap against XLA's (what conv_kernel_grad='auto' buys).
+python bench/conv_kernel_grad.py --reps=7 --out=results/conv_kernel_grad.md
+
 # Training-step overhead against float and Qwix, interleaved in one process per model.
 # Every model of the registry; the ratio's interquartile range is the spread to read.
 python bench/step_time.py --model=lenet5 --batch_size=128 --reps=5 --processes=5 \

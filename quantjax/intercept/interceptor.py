@@ -1,6 +1,7 @@
 """Applies a QuantPlan to an unmodified flax.linen model through a method interceptor.
 
-For each nn.Conv / nn.Dense in the plan, the interceptor swaps a quantizing
+Every nn.Conv calls `quantjax.intercept.conv`'s convolution (jax.lax's forward; a kernel gradient
+a CPU computes fast). For each nn.Conv / nn.Dense in the plan, the interceptor swaps a quantizing
 `conv_general_dilated` / `dot_general` into the module for the duration of its `__call__`: the
 swapped function fake-quantizes its two operands (the input activation and the kernel) and calls
 the `jax.lax` primitive: on their integers where both quantizers put them on integer grids
@@ -26,7 +27,7 @@ import flax.linen as nn
 import jax
 from flax import traverse_util
 
-from quantjax.intercept import integer
+from quantjax.intercept import conv, integer
 from quantjax.intercept.layers import QUANTIZABLE, module_path
 from quantjax.intercept.plan import TENSOR_ROLE, QuantPlan
 from quantjax.quantizers.base import IntegerGrid, Quantizer
@@ -73,23 +74,32 @@ def _quantize_operand(module: nn.Module, quantizer: Quantizer, x: jax.Array, ten
   return q, grid
 
 
-def make_interceptor(plan: QuantPlan, *, training: bool) -> Callable:
-  """The `nn.intercept_methods` interceptor that applies `plan`."""
-  layer_quant = plan.as_dict()
+def make_interceptor(plan: QuantPlan | None, *, training: bool,
+                     conv_kernel_grad: str = "auto") -> Callable:
+  """The `nn.intercept_methods` interceptor that applies `plan` (None: no quantizer).
+
+  Every nn.Conv without a primitive of its own, quantized or not, calls
+  `quantjax.intercept.conv.conv_general_dilated` with `conv_kernel_grad` (its forward is
+  jax.lax's; its kernel gradient can be computed tap by tap, see there).
+  """
+  layer_quant = plan.as_dict() if plan else {}
+  conv_primitive = conv.primitive(conv_kernel_grad)
 
   def interceptor(next_fun, args, kwargs, context):
     module = context.module
     if context.method_name != "__call__" or not isinstance(module, QUANTIZABLE):
       return next_fun(*args, **kwargs)
+    is_conv = isinstance(module, nn.Conv)
+    field = "conv_general_dilated" if is_conv else "dot_general"
+    # A module's own primitive (its `conv_general_dilated` / `dot_general` field) keeps the float
+    # operands it was written for; only jax.lax's (or the project's conv) takes the integers.
+    own = getattr(module, field) is not None
     lq = layer_quant.get(module_path(module))
     if lq is None:
-      return next_fun(*args, **kwargs)
-
-    field = "conv_general_dilated" if isinstance(module, nn.Conv) else "dot_general"
-    primitive = getattr(module, field) or getattr(jax.lax, field)
-    # A module's own primitive (its `conv_general_dilated` / `dot_general` field) keeps the float
-    # operands it was written for; only jax.lax's takes the integers.
-    own = getattr(module, field) is not None
+      if own or not is_conv:
+        return next_fun(*args, **kwargs)
+      return _swapped(module, field, conv_primitive, next_fun, args, kwargs)
+    primitive = getattr(module, field) or (conv_primitive if is_conv else jax.lax.dot_general)
 
     def quantized_primitive(lhs, rhs, *a, **kw):  # lhs: input [B, ...], rhs: kernel
       act = weight = None
@@ -104,13 +114,7 @@ def make_interceptor(plan: QuantPlan, *, training: bool) -> Callable:
                                act, weight)
       return primitive(lhs, rhs, *a, **kw)
 
-    # Modules are frozen dataclasses; swap the field for this call only and always restore it.
-    original = getattr(module, field)
-    object.__setattr__(module, field, quantized_primitive)
-    try:
-      y = next_fun(*args, **kwargs)
-    finally:
-      object.__setattr__(module, field, original)
+    y = _swapped(module, field, quantized_primitive, next_fun, args, kwargs)
     if lq.bias is not None and module.use_bias:
       bias = module.get_variable("params", "bias")  # [C_out], added along the last axis
       qbias = _quantize_operand(module, lq.bias, bias, "bias", training)[0]
@@ -122,18 +126,33 @@ def make_interceptor(plan: QuantPlan, *, training: bool) -> Callable:
   return interceptor
 
 
+def _swapped(module: nn.Module, field: str, primitive: Callable, next_fun, args, kwargs):
+  """`next_fun(*args, **kwargs)` with the module's `field` set to `primitive` for the call.
+
+  Modules are frozen dataclasses; the field is swapped for this call only and always restored.
+  """
+  original = getattr(module, field)
+  object.__setattr__(module, field, primitive)
+  try:
+    return next_fun(*args, **kwargs)
+  finally:
+    object.__setattr__(module, field, original)
+
+
 @contextlib.contextmanager
-def quantize(plan: QuantPlan | None, *, training: bool):
-  """Context manager applying `plan` to every model called inside it (no-op for an empty plan)."""
-  if not plan:
+def quantize(plan: QuantPlan | None, *, training: bool, conv_kernel_grad: str = "auto"):
+  """Context manager applying `plan` to every model called inside it, and the project's conv
+  (`conv_kernel_grad`) to its convolutions; a no-op for an empty plan with 'xla'."""
+  if not plan and conv.check_kernel_grad(conv_kernel_grad) == "xla":
     yield
     return
-  with nn.intercept_methods(make_interceptor(plan, training=training)):
+  with nn.intercept_methods(make_interceptor(plan, training=training,
+                                             conv_kernel_grad=conv_kernel_grad)):
     yield
 
 
 def quantized_apply(model: nn.Module, plan: QuantPlan | None, *,
-                    training: bool | None) -> Callable:
+                    training: bool | None, conv_kernel_grad: str = "auto") -> Callable:
   """`model.apply` with `plan` applied; call it inside the jitted function.
 
   Args:
@@ -142,11 +161,14 @@ def quantized_apply(model: nn.Module, plan: QuantPlan | None, *,
     training: whether quantizers run in training mode (straight-through gradients, running
       ranges updated); None follows the call's `train=` keyword (default False), as
       `TrainState.apply_fn` does.
+    conv_kernel_grad: how the convolutions' kernel gradient is computed
+      (`quantjax.intercept.conv`); the forward is the same with any.
   """
+  conv.check_kernel_grad(conv_kernel_grad)
 
   def apply(variables: dict[str, Any], *args, **kwargs):
     mode = bool(kwargs.get("train", False)) if training is None else training
-    with quantize(plan, training=mode):
+    with quantize(plan, training=mode, conv_kernel_grad=conv_kernel_grad):
       return model.apply(variables, *args, **kwargs)
 
   return apply

@@ -11,7 +11,14 @@ import flax.linen as nn
 import ml_collections
 
 from quantjax import data, models
-from quantjax.intercept import LayerInfo, QuantPlan, discover_layers, plan_from_config, sample_input
+from quantjax.intercept import (
+  LayerInfo,
+  QuantPlan,
+  conv,
+  discover_layers,
+  plan_from_config,
+  sample_input,
+)
 from quantjax.intercept.plan import check_quant_config
 from quantjax.train import sharding
 
@@ -49,6 +56,7 @@ def check_training_values(config: ml_collections.ConfigDict) -> None:
   momentum = config.get("momentum", 0.0)
   if not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
     raise ValueError(f"momentum={momentum!r} cannot be used; valid: [0, 1)")
+  conv.check_kernel_grad(config.get("conv_kernel_grad", "auto"))
 
 
 @dataclasses.dataclass

@@ -200,7 +200,8 @@ def _train(exp, config, wd: Workdir, mesh, steps_per_epoch: int, total_steps: in
 
   train_step = jax.jit(
       steps.make_train_step(exp.model, exp.plan, exp.num_classes, config.seed,
-                            aux_loss_weight=float(config.get("dda", {}).get("weight", 0.0))),
+                            aux_loss_weight=float(config.get("dda", {}).get("weight", 0.0)),
+                            conv_kernel_grad=config.get("conv_kernel_grad", "auto")),
       in_shardings=(replicated, batch_sharding),
       out_shardings=(replicated, replicated),
       donate_argnames=("state",),

@@ -24,14 +24,15 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int) -> jax
 
 
 def make_train_step(model: nn.Module, plan: QuantPlan | None, num_classes: int, seed: int,
-                    aux_loss_weight: float = 0.0
+                    aux_loss_weight: float = 0.0, conv_kernel_grad: str = "auto"
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """Returns `train_step(state, batch) -> (state, metrics)`, pure, to be jitted.
 
   Quantizers' auxiliary losses (ESB's distribution difference) are added with `aux_loss_weight`
-  and reported per layer as `aux/<layer>/<kernel|input>_loss`.
+  and reported per layer as `aux/<layer>/<kernel|input>_loss`. `conv_kernel_grad`: how the
+  convolutions' kernel gradient is computed (`quantjax.intercept.conv`).
   """
-  apply = quantized_apply(model, plan, training=True)
+  apply = quantized_apply(model, plan, training=True, conv_kernel_grad=conv_kernel_grad)
   base_key = jax.random.key(seed)
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Any]]:

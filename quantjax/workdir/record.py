@@ -31,6 +31,8 @@ SAFE_FIELDS = {
     "data_dir": "where the same dataset is stored",
     "num_devices": "how many devices share each (identical) global batch",
     "cpu_devices": "how many CPU devices share each (identical) global batch",
+    "conv_kernel_grad": "how the convolutions' kernel gradient is summed (the same sum, float32 "
+                        "rounding apart)",
     "quant.integer_products": "whether products run on the integers (the same sums, float32 "
                               "rounding apart)",
 }

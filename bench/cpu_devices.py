@@ -41,6 +41,9 @@ SETTINGS = {
     "sequential-fashion-float": ("configs/fashion/lenet5.py:float",
                                  ["--config.model=sequential"], 54000, 128),
     "resnet20-fashion-float": ("configs/fashion/resnet20.py:float", [], 54000, 128),
+    # XLA's own kernel gradient (conv_kernel_grad='xla'): what the split gained before the taps
+    "resnet20-fashion-float-xla-grad": ("configs/fashion/resnet20.py:float",
+                                        ["--config.conv_kernel_grad=xla"], 54000, 128),
 }
 
 _SETTINGS = flags.DEFINE_list("settings", list(SETTINGS), "Settings to run.")

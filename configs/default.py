@@ -54,9 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Chosen before JAX starts; XLA_FLAGS=--xla_force_host_platform_device_count=N overrides it.
   config.cpu_devices = "auto"
   # The convolutions' kernel gradient: 'auto' computes it tap by tap (one matrix product per
-  # kernel tap) on a CPU where the output map has >= 24x24 positions and the input >= 8 channels,
-  # XLA's own elsewhere; 'taps' or 'xla' everywhere. The forward is the same (LeNet-5 keeps
-  # XLA's everywhere); see quantjax/intercept/conv.py.
+  # kernel tap) on a CPU of one device where the output map has >= 24x24 positions and the
+  # input >= 8 channels, XLA's own elsewhere (one device per core: XLA's was faster); 'taps' or
+  # 'xla' everywhere. The forward is the same; see quantjax/intercept/conv.py.
   config.conv_kernel_grad = "auto"
   config.log_every_steps = 50
   config.checkpoint_every_steps = 500

@@ -9,9 +9,9 @@ Why ResNet-20 and not VGG-small: at 28×28 it needs 31 M multiply-adds per image
 VGG-small's 116 M (64-128-256 channels), and it is the network most low-bit papers report. Even so,
 a 2-core CPU (one device per core, as training takes for it) runs 2.5 steps/s on an Intel host and
 1.2-1.4 on an AMD EPYC one, so the 40 float epochs (16,840 steps) take 2-3.5 hours per seed; on
-one H200 GPU, 4 minutes. (These rates are from before the kernel gradient was summed tap by tap,
-`conv_kernel_grad`; with it the AMD host measured 1.01 steps/s per core-split run beside another
-job, results/cpu_devices_taps_epyc.md.)
+one H200 GPU, 4 minutes. (With one device per core training keeps XLA's kernel gradient, which
+beat the taps of `conv_kernel_grad` there: 1.08 against 0.92 steps/s on the AMD host beside
+another job; results/cpu_devices_taps_epyc.md.)
 
 Float: SGD with Nesterov momentum 0.9, peak 0.1, cosine to zero over 40 epochs, weight decay 5e-4
 on kernels, random 2-pixel shifts and horizontal flips. Methods (the argument names a configs/

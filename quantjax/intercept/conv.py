@@ -16,9 +16,12 @@ same sum in another order: float rounding differs, nothing else.
 it calls it); its input gradient is XLA's own. The taps replace XLA's kernel gradient where
 `kernel_grad` says: 'xla' never, 'taps' wherever the convolution is eligible (2-D, NHWC/HWIO,
 no input dilation or groups, non-negative padding, floating operands), 'auto' where it is
-eligible, JAX's default backend is the CPU, the output map has at least `AUTO_MIN_PIXELS`
-positions and the input at least `AUTO_MIN_CHANNELS` channels (smaller maps gained nothing;
-LeNet-5's 1-channel first layer, 25 taps of one channel each, lost 1.5x). Forward-mode
+eligible, JAX's default backend is the CPU with a single device, the output map has at least
+`AUTO_MIN_PIXELS` positions and the input at least `AUTO_MIN_CHANNELS` channels (smaller maps
+gained nothing; LeNet-5's 1-channel first layer, 25 taps of one channel each, lost 1.5x). With
+one CPU device per core (`config.cpu_devices`), XLA's kernel-gradient convolution runs on every
+core at once and the taps lost: ResNet-20 trained at 0.91-0.94 steps/s with them against 1.10
+with XLA's (results/cpu_devices_taps_epyc.md). Forward-mode
 differentiation (`jax.jvp`) of a call that takes the taps is not supported (a `jax.custom_vjp`);
 'xla' gives it back.
 """
@@ -72,8 +75,8 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
   strides, pads, dilation = spec
   if kernel_grad == "auto":
     out_pixels = np.prod(jax.eval_shape(call, lhs, rhs).shape[1:3])
-    if (jax.default_backend() != "cpu" or out_pixels < AUTO_MIN_PIXELS
-        or lhs.shape[3] < AUTO_MIN_CHANNELS):
+    if (jax.default_backend() != "cpu" or jax.local_device_count() > 1
+        or out_pixels < AUTO_MIN_PIXELS or lhs.shape[3] < AUTO_MIN_CHANNELS):
       return call(lhs, rhs)
   return _tapped(call, strides, pads, dilation, precision)(lhs, rhs)
 

@@ -62,12 +62,16 @@ def _uses_taps(fn, *args) -> bool:
   return "name=tap_kernel_grad_conv" in str(jax.make_jaxpr(fn)(*args))
 
 
-def test_auto_takes_the_taps_on_large_maps_of_several_channels_only():
+def test_auto_takes_the_taps_on_large_maps_of_several_channels_on_one_device_only(monkeypatch):
   big, small, thin = jnp.ones((2, 24, 24, 8)), jnp.ones((2, 8, 8, 8)), jnp.ones((2, 24, 24, 7))
   call = lambda x, grad: conv.conv_general_dilated(  # noqa: E731
       x, jnp.ones((3, 3, x.shape[-1], 4)), (1, 1), "SAME", dimension_numbers=NHWC,
       kernel_grad=grad)
   assert jax.default_backend() == "cpu"
+  assert jax.local_device_count() > 1  # the suite's fake devices: XLA's gradient
+  assert not _uses_taps(lambda x: call(x, "auto"), big)
+  assert _uses_taps(lambda x: call(x, "taps"), big)
+  monkeypatch.setattr(jax, "local_device_count", lambda: 1)  # one CPU device
   assert _uses_taps(lambda x: call(x, "auto"), big)
   assert not _uses_taps(lambda x: call(x, "auto"), small)  # 8x8 < 24x24 positions
   assert not _uses_taps(lambda x: call(x, "auto"), thin)  # 7 < 8 input channels

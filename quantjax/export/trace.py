@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Primitive
 
-from quantjax.intercept.layers import module_path
+from quantjax.intercept.layers import call_with_product, module_path, product_field
 
 # The NHWC / HWIO / NHWC convolution layout flax's nn.Conv uses for 2-D inputs.
 _NHWC = jax.lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
@@ -151,7 +151,7 @@ def _record(next_fun, args, kwargs, context):
                      epsilon=float(module.epsilon))
     return _LAYER.bind(x, call=call)
 
-  field = "conv_general_dilated" if isinstance(module, nn.Conv) else "dot_general"
+  field = product_field(module)
   primitive = getattr(module, field) or getattr(jax.lax, field)
   seen = []
 
@@ -159,12 +159,7 @@ def _record(next_fun, args, kwargs, context):
     seen.append((lhs, rhs, a, kw))
     return primitive(lhs, rhs, *a, **kw)
 
-  original = getattr(module, field)
-  object.__setattr__(module, field, recording)
-  try:
-    out = next_fun(*args, **kwargs)
-  finally:
-    object.__setattr__(module, field, original)
+  out = call_with_product(module, recording, next_fun, args, kwargs)
   if len(seen) != 1:
     raise ValueError(f"layer {path!r} made {len(seen)} {field} calls; expected one")
   lhs, rhs, a, kw = seen[0]

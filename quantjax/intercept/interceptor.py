@@ -28,7 +28,7 @@ import jax
 from flax import traverse_util
 
 from quantjax.intercept import conv, integer
-from quantjax.intercept.layers import QUANTIZABLE, module_path
+from quantjax.intercept.layers import QUANTIZABLE, call_with_product, module_path, product_field
 from quantjax.intercept.plan import TENSOR_ROLE, QuantPlan
 from quantjax.quantizers.base import IntegerGrid, Quantizer
 
@@ -90,7 +90,7 @@ def make_interceptor(plan: QuantPlan | None, *, training: bool,
     if context.method_name != "__call__" or not isinstance(module, QUANTIZABLE):
       return next_fun(*args, **kwargs)
     is_conv = isinstance(module, nn.Conv)
-    field = "conv_general_dilated" if is_conv else "dot_general"
+    field = product_field(module)
     # A module's own primitive (its `conv_general_dilated` / `dot_general` field) keeps the float
     # operands it was written for; only jax.lax's (or the project's conv) takes the integers.
     own = getattr(module, field) is not None
@@ -98,7 +98,7 @@ def make_interceptor(plan: QuantPlan | None, *, training: bool,
     if lq is None:
       if own or not is_conv:
         return next_fun(*args, **kwargs)
-      return _swapped(module, field, conv_primitive, next_fun, args, kwargs)
+      return call_with_product(module, conv_primitive, next_fun, args, kwargs)
     primitive = getattr(module, field) or (conv_primitive if is_conv else jax.lax.dot_general)
 
     def quantized_primitive(lhs, rhs, *a, **kw):  # lhs: input [B, ...], rhs: kernel
@@ -114,7 +114,7 @@ def make_interceptor(plan: QuantPlan | None, *, training: bool,
                                act, weight)
       return primitive(lhs, rhs, *a, **kw)
 
-    y = _swapped(module, field, quantized_primitive, next_fun, args, kwargs)
+    y = call_with_product(module, quantized_primitive, next_fun, args, kwargs)
     if lq.bias is not None and module.use_bias:
       bias = module.get_variable("params", "bias")  # [C_out], added along the last axis
       qbias = _quantize_operand(module, lq.bias, bias, "bias", training)[0]
@@ -124,19 +124,6 @@ def make_interceptor(plan: QuantPlan | None, *, training: bool,
     return y
 
   return interceptor
-
-
-def _swapped(module: nn.Module, field: str, primitive: Callable, next_fun, args, kwargs):
-  """`next_fun(*args, **kwargs)` with the module's `field` set to `primitive` for the call.
-
-  Modules are frozen dataclasses; the field is swapped for this call only and always restored.
-  """
-  original = getattr(module, field)
-  object.__setattr__(module, field, primitive)
-  try:
-    return next_fun(*args, **kwargs)
-  finally:
-    object.__setattr__(module, field, original)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -67,6 +67,24 @@ def _float_reason(module: nn.Module, own: dict) -> str:
 def module_path(module: nn.Module) -> str:
   """'/'-joined path of a bound module, the string rules' regexes match against."""
   return "/".join(str(p) for p in module.scope.path)
+
+
+def product_field(module: nn.Module) -> str:
+  """The field of a Conv / Dense module that holds its product primitive (None: jax.lax's)."""
+  return "conv_general_dilated" if isinstance(module, nn.Conv) else "dot_general"
+
+
+def call_with_product(module: nn.Module, primitive: Callable, next_fun, args, kwargs):
+  """`next_fun(*args, **kwargs)` with the Conv / Dense module's product primitive
+  (`product_field`) set to `primitive`. Modules are frozen dataclasses: the field is swapped
+  for this call only and always restored."""
+  field = product_field(module)
+  original = getattr(module, field)
+  object.__setattr__(module, field, primitive)
+  try:
+    return next_fun(*args, **kwargs)
+  finally:
+    object.__setattr__(module, field, original)
 
 
 def discover_layers(model: nn.Module, sample: jax.Array, **call_kwargs) -> list[LayerInfo]:

@@ -51,7 +51,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from quantjax.intercept import QUANT_STATE, QuantPlan, module_path, quantized_apply
-from quantjax.intercept.layers import QUANTIZABLE
+from quantjax.intercept.layers import QUANTIZABLE, call_with_product, product_field
 from quantjax.ptq import fixedpoint
 
 IMAGES = -1  # the cut before the first layer: candidates are counted from the images
@@ -181,7 +181,7 @@ class SuffixEvaluator:
       k = self._layers.get(module_path(module))
       if k is None:
         return next_fun(*args, **kwargs)
-      field = "conv_general_dilated" if isinstance(module, nn.Conv) else "dot_general"
+      field = product_field(module)
       primitive = getattr(module, field) or getattr(jax.lax, field)
 
       def cut_primitive(lhs, rhs, *a, **kw):  # called with the quantized operands
@@ -189,12 +189,7 @@ class SuffixEvaluator:
         computed[k] = y
         return jnp.where(inject[k], injections[k].reshape(y.shape).astype(y.dtype), y)
 
-      original = getattr(module, field)
-      object.__setattr__(module, field, cut_primitive)
-      try:
-        return next_fun(*args, **kwargs)
-      finally:
-        object.__setattr__(module, field, original)
+      return call_with_product(module, cut_primitive, next_fun, args, kwargs)
 
     # Entered outside `quantized_apply`'s interceptor, so the quantizing primitive calls
     # `cut_primitive` with the quantized operands.

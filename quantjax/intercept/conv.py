@@ -38,6 +38,7 @@ import numpy as np
 
 KERNEL_GRADS = ("auto", "taps", "xla")
 _LAX_CONV = jax.lax.conv_general_dilated  # jax.lax's own, as imported
+_LAX_CONV_CODE = _LAX_CONV.__code__  # what it runs (an interception may swap it in place)
 AUTO_MIN_PIXELS = 24 * 24  # 'auto': output maps at least this big (H' x W')
 AUTO_MIN_CHANNELS = 8  # 'auto': inputs with at least this many channels
 _NHWC = (0, 3, 1, 2)  # ConvDimensionNumbers specs: (batch, feature, spatial...) of NHWC
@@ -69,8 +70,7 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
                    preferred_element_type)
   # A library that swapped jax.lax's convolution for its own (a QAT library's interception) keeps
   # its forward and gradient: the taps would differentiate jax.lax's instead.
-  if (spec is None or check_kernel_grad(kernel_grad) == "xla"
-      or jax.lax.conv_general_dilated is not _LAX_CONV):
+  if spec is None or check_kernel_grad(kernel_grad) == "xla" or lax_conv_swapped():
     return call(lhs, rhs)
   strides, pads, dilation = spec
   if kernel_grad == "auto":
@@ -79,6 +79,14 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
         or out_pixels < AUTO_MIN_PIXELS or lhs.shape[3] < AUTO_MIN_CHANNELS):
       return call(lhs, rhs)
   return _tapped(call, strides, pads, dilation, precision)(lhs, rhs)
+
+
+def lax_conv_swapped() -> bool:
+  """Whether another library swapped `jax.lax.conv_general_dilated` for its own: the module's
+  attribute (monkeypatching) or, in place, the function's code (Qwix's interception rewrites
+  `__code__` of functions without free variables, so the function object stays the same)."""
+  current = jax.lax.conv_general_dilated
+  return current is not _LAX_CONV or getattr(current, "__code__", None) is not _LAX_CONV_CODE
 
 
 def primitive(kernel_grad: str):

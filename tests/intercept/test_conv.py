@@ -1,5 +1,8 @@
 """The project's convolution: jax.lax's forward, a kernel gradient summed tap by tap."""
 
+import builtins
+import types
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -158,15 +161,30 @@ def test_a_modules_own_convolution_is_left_alone():
   assert not _uses_taps(lambda p: jnp.sum(apply({"params": p}, x)), variables["params"])
 
 
-def test_a_patched_jax_lax_convolution_keeps_its_own_gradient(monkeypatch):
+def _swapped_code(*args, **kwargs):
+  """Code that calls `builtins._quantjax_test_conv`: no free variables, so it can replace a
+  module-level function's `__code__` in place, as Qwix's interception does."""
+  import builtins
+  return builtins._quantjax_test_conv(*args, **kwargs)
+
+
+@pytest.mark.parametrize("how", ["attribute", "code"])
+def test_a_patched_jax_lax_convolution_keeps_its_own_gradient(monkeypatch, how):
   calls = []
+  original = types.FunctionType(_LAX.__code__, _LAX.__globals__, "original", _LAX.__defaults__)
+  original.__kwdefaults__ = _LAX.__kwdefaults__
 
   def patched(lhs, rhs, *a, **kw):  # e.g. a QAT library's quantizing convolution
     calls.append(lhs.shape)
-    return _LAX(jnp.round(lhs), rhs, *a, **kw)
+    return original(jnp.round(lhs), rhs, *a, **kw)
 
   x, w = jnp.full((1, 26, 26, 8), 0.4), jnp.ones((3, 3, 8, 2))
-  monkeypatch.setattr(jax.lax, "conv_general_dilated", patched)
+  if how == "attribute":  # jax.lax's attribute is another function
+    monkeypatch.setattr(jax.lax, "conv_general_dilated", patched)
+  else:  # the same function object runs other code
+    monkeypatch.setattr(builtins, "_quantjax_test_conv", patched, raising=False)
+    monkeypatch.setattr(_LAX, "__code__", _swapped_code.__code__)
+    assert jax.lax.conv_general_dilated is _LAX
   call = lambda x: conv.conv_general_dilated(  # noqa: E731
       x, w, (1, 1), "SAME", dimension_numbers=NHWC, kernel_grad="taps")
   assert not _uses_taps(call, x)

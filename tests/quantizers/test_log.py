@@ -143,6 +143,31 @@ def test_full_scale_from_max_is_the_smallest_level_not_below_it(m, max_abs, k):
   np.testing.assert_array_equal(out[1], levels[np.argmin(np.abs(levels + max_abs))])  # unclipped
 
 
+@pytest.mark.parametrize("name, base_root", [("pot", 1), ("log", 2)])
+def test_per_channel_sqnr_picks_each_channels_best_exponent(name, base_root):
+  # Channels an order of magnitude apart, one with an outlier: each channel's K against a NumPy
+  # search over that channel alone (nearest of {0} ∪ 2^(k/m), k in the window ending at K).
+  rng = np.random.default_rng(3)
+  w = rng.normal(size=(3, 3, 4, 5)).astype(np.float32) * np.float32([0.02, 0.3, 1, 4, 9])
+  w[0, 0, 0, 2] = 12.0
+  q = _q(name, bits=4, base_root=base_root, granularity="channel", full_scale="sqnr",
+         sqnr_candidates=4)
+  got = np.asarray(q.full_scale_exponent(jnp.asarray(w), {}, "weight"))
+  width = q._grid().num_exponents
+  offsets = []
+  for c in range(w.shape[-1]):
+    a = np.abs(w[..., c]).astype(np.float64).ravel()
+    k_max = int(np.ceil(base_root * np.log2(a.max()) - 1e-4))
+    errors = []
+    for k in range(k_max, k_max - 4, -1):
+      levels = np.concatenate([[0.0], 2.0 ** (np.arange(k - width + 1, k + 1) / base_root)])
+      nearest = levels[np.argmin(np.abs(a[:, None] - levels[None, :]), axis=1)]
+      errors.append(np.sum((a - nearest) ** 2))
+    offsets.append(int(np.argmin(errors)))
+    assert got[c] == k_max - offsets[-1], c
+  assert len(set(offsets)) > 1  # the channels chose differently: each was searched on its own
+
+
 def test_sqnr_full_scale_trades_the_outlier_for_resolution():
   # PoT b=3 (3 exponents), x = one 8 and a hundred 0.6. Squared errors by K:
   # K=3 {2,4,8}: 100·0.36 = 36; K=2 {1,2,4}: 100·0.16 + 16 = 32; K=1 {.5,1,2}: 1 + 36 = 37.

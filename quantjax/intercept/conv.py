@@ -23,7 +23,9 @@ one CPU device per core (`config.cpu_devices`), XLA's kernel-gradient convolutio
 core at once and the taps lost: ResNet-20 trained at 0.91-0.94 steps/s with them against 1.10
 with XLA's (results/cpu_devices_taps_epyc.md). Forward-mode
 differentiation (`jax.jvp`) of a call that takes the taps is not supported (a `jax.custom_vjp`);
-'xla' gives it back.
+'xla' gives it back. A `jax.lax.conv_general_dilated` that another library swapped for its own
+(`lax_conv_swapped`: the attribute, or the function's code in place, as Qwix's interception does)
+keeps that library's forward and gradient.
 """
 
 from __future__ import annotations

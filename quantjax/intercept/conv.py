@@ -40,7 +40,7 @@ import numpy as np
 
 KERNEL_GRADS = ("auto", "taps", "xla")
 _LAX_CONV = jax.lax.conv_general_dilated  # jax.lax's own, as imported
-_LAX_CONV_CODE = _LAX_CONV.__code__  # what it runs (an interception may swap it in place)
+_LAX_CONV_CODE = getattr(_LAX_CONV, "__code__", None)  # what it runs (swappable in place)
 AUTO_MIN_PIXELS = 24 * 24  # 'auto': output maps at least this big (H' x W')
 AUTO_MIN_CHANNELS = 8  # 'auto': inputs with at least this many channels
 _NHWC = (0, 3, 1, 2)  # ConvDimensionNumbers specs: (batch, feature, spatial...) of NHWC

@@ -14,10 +14,11 @@ table gives its median and interquartile range. `--processes=N` runs the whole m
 fresh processes and pools their repetitions: on this CPU a process alone can shift float LeNet-5's
 step by 30 % (14 to 19 ms, a quantized step unmoved), an offset no number of repetitions within one
 process shows. With the 'bench' extra installed, the same model quantized W8A8 by Qwix's QAT is
-timed too, as the peer. Targets (issue 14): every quantizer at most 1.10x float; uniform W8A8 with
-max scales (`uniform/W8A8-max`, Qwix's absmax rule done by quantjax) at most 1.03x and at or below
-Qwix's ratio. A variant the backend cannot compile is reported as failed (e.g. Qwix's int8
-convolutions on XLA GPU).
+timed too, as the peer, beside the plain Flax float step it starts from; every ratio, the peer's
+included, is to quantjax's float step. Targets (issue 14): every quantizer at most 1.10x float;
+uniform W8A8 with max scales (`uniform/W8A8-max`, Qwix's absmax rule done by quantjax) at most 1.03x
+and at or below Qwix's ratio. A variant the backend cannot compile is reported as failed (e.g.
+Qwix's int8 convolutions on XLA GPU).
 
 What a quantized step cost on VGG-small (found by reading Qwix's QAT and timing convolutions):
 Qwix forms each forward convolution on int8 operands with an int32 sum, and on this CPU an int8

@@ -66,7 +66,9 @@ _ROWS = flags.DEFINE_list("rows", ["plain", *SPEEDUPS, "slots8", "devices"],
                           "Rows to run, in this order (each adds its speed-up to the last; "
                           "'slots8': the last with 8 slots; 'devices': the last over every "
                           "local device).")
-_OUT_DIR = flags.DEFINE_string("out_dir", "results", "Where ptq_search_time.md/.json go.")
+_OUT_DIR = flags.DEFINE_string("out_dir", "results", "Where <name>.md/.json go.")
+_NAME = flags.DEFINE_string("name", "ptq_search_time", "Base name of the .md/.json written "
+                            "(another machine's table beside this one: e.g. a suffix).")
 
 
 def float_run(init_from: str) -> None:
@@ -200,8 +202,8 @@ def main(argv):
   text = "\n".join(lines) + "\n"
   print(text)
   os.makedirs(_OUT_DIR.value, exist_ok=True)
-  write_text_atomic(os.path.join(_OUT_DIR.value, "ptq_search_time.md"), text)
-  write_text_atomic(os.path.join(_OUT_DIR.value, "ptq_search_time.json"), json.dumps(
+  write_text_atomic(os.path.join(_OUT_DIR.value, f"{_NAME.value}.md"), text)
+  write_text_atomic(os.path.join(_OUT_DIR.value, f"{_NAME.value}.json"), json.dumps(
       {"date": date, "machine": where, "command": command, "images": len(images),
        "float_accuracy": acc_fp, "load_average_start": load[0], "rows": rows}, indent=1))
 

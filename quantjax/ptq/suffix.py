@@ -25,7 +25,8 @@ one layer's work), and candidates are counted from it:
   with 8 slots of `rows / 8` (`results/ptq_search_time.md`); several slots can pay only where
   one lane's batch does not fill the device.
 - devices: each iteration's images are split over the local devices (`shard_map`), every device
-  computing its share from its own copy of the cache. XLA's CPU backend runs a convolution on
+  computing its share from its own copy of the cache; a record splits the images likewise and
+  gathers the shares into every copy. XLA's CPU backend runs a convolution on
   one core, so on a CPU the search uses every core only with one fake device per core
   (`XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`, which `quantjax.ptq.run` sets
   for the PTQ pipeline when unset). An image's logits do not depend on which device, or with
@@ -149,7 +150,7 @@ class SuffixEvaluator:
     self._layers = {path: i for i, path in enumerate(layer_paths)}
     self._paths = list(layer_paths)
     self._rows, self._slots = rows, slots
-    n_pad = -(-len(images) // rows) * rows
+    n_pad = -(-len(images) // (rows * devices)) * rows * devices  # records: `rows` per device
     pad = n_pad - len(images)
     # Every device holds the images, the labels, the variables and the cache whole.
     self._images = jax.device_put(np.concatenate(
@@ -164,7 +165,7 @@ class SuffixEvaluator:
     self.cut = None  # no cut recorded yet
     self._network = jax.jit(self._network_impl)
     self._count_fn = jax.jit(self._count)
-    self._record_fn = jax.jit(self._record, donate_argnums=(2,))
+    self._record_fn = jax.jit(self._record, donate_argnums=(2,), out_shardings=replicated)
 
   # -- the network with injectable layer results -------------------------------------------
 
@@ -247,18 +248,31 @@ class SuffixEvaluator:
     on are unused. A lane stops once it has more than `max_wrong` wrong predictions.
     """
     self.num_traces += 1  # runs only while tracing
-    n, slots = self.count, self._slots
+    n, slots, n_pad = self.count, self._slots, images.shape[0]
     per_slot = self._rows // slots
 
     def branch(c):
+      size = self._sizes[c] if c != IMAGES else 0
+
       def logits(shared, slot_points, index):  # [S, 3, 2], [S, R'] -> [S, R', num_classes]
         variables, state, cache, images = shared
 
         def one(points, rows, x):
           return self._from_cut(variables, self._lane_state(state, c, points), x, c, rows)[1]
 
-        rows = cache[index, :self._sizes[c]] if c != IMAGES else jnp.zeros(index.shape + (0,))
-        return jax.vmap(one)(slot_points, rows, images[index])
+        # A slot's images are consecutive rows: sliced, not gathered (a gather of the cache's
+        # first `size` columns cost as much as the suffix's convolutions on the Sequential net).
+        count = index.shape[1]
+
+        def take(array, width):
+          return jnp.stack([jax.lax.dynamic_slice(array, (index[s, 0],) + (0,) * (array.ndim - 1),
+                                                  (count, *width)) for s in range(slots)])
+
+        rows = take(cache, (size,)) if c != IMAGES else jnp.zeros(index.shape + (0,))
+        x = take(images, images.shape[1:])
+        if slots == 1:  # one lane: its state unbatched, every convolution XLA's own
+          return one(slot_points[0], rows[0], x[0])[None]
+        return jax.vmap(one)(slot_points, rows, x)
 
       return logits
 
@@ -285,9 +299,11 @@ class SuffixEvaluator:
       slot = jnp.arange(slots)
       lane = active[slot % live]  # [S]
       start = position[lane] + (slot // live) * per_slot
-      index = start[:, None] + jnp.arange(per_slot)  # [S, R/S]
-      valid = (index < n) & going[lane][:, None]
-      index = jnp.minimum(index, n - 1)
+      # Past the padded end (a slot beyond its lane's last images) the slice starts earlier;
+      # rows before the slot's own start do not count.
+      first = jnp.minimum(start, n_pad - per_slot)
+      index = first[:, None] + jnp.arange(per_slot)  # [S, R/S]: consecutive rows
+      valid = (index >= start[:, None]) & (index < n) & going[lane][:, None]
       out = shard_logits(cut, shared, lane_points[lane], index)  # [S, R/S, num_classes]
       right = (jnp.argmax(out, -1) == labels[index]) & valid
       correct = correct.at[lane].add(jnp.sum(right, 1, dtype=jnp.int32))
@@ -311,15 +327,25 @@ class SuffixEvaluator:
     def branch(t):
       size_in, size_out = self._sizes[t - 1] if t > 0 else 0, self._sizes[t]
 
-      def record(cache):
+      # Each device records its share of the rows, `rows` images at a time; the shares are
+      # then gathered into every device's whole cache.
+      def share(shared, cache, images):  # [N'/D, width], [N'/D, H, W, C] -> [N'/D, size_out]
+        variables, state = shared
+
         def one(b):
           x = jax.lax.dynamic_slice_in_dim(images, b * rows, rows)
           cached = jax.lax.dynamic_slice(cache, (b * rows, 0), (rows, size_in))
           computed, _ = self._from_cut(variables, state, x, t - 1, cached)
           return computed[t].reshape(rows, size_out).astype(jnp.float32)
 
-        out = jax.lax.map(one, jnp.arange(cache.shape[0] // rows))  # [NB, R, size_out]
-        return jax.lax.dynamic_update_slice(cache, out.reshape(-1, size_out), (0, 0))
+        return jax.lax.map(one, jnp.arange(cache.shape[0] // rows)).reshape(-1, size_out)
+
+      recorded = jax.shard_map(share, mesh=self._mesh, in_specs=(P(), P("images"), P("images")),
+                               out_specs=P("images"))
+
+      def record(cache):
+        out = recorded((variables, state), cache, images)  # [N', size_out]
+        return jax.lax.dynamic_update_slice(cache, out, (0, 0))
 
       return record
 

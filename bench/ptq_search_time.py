@@ -133,6 +133,7 @@ def main(argv):
            "wall_seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0,
            "load_average": (load_before + os.getloadavg()[0]) / 2,
            "tensors": len(report["history"]), "evaluations": report["evaluations"],
+           "passing": report["passing_evaluations"],
            "program_calls": report["program_calls"], "compilations": report["compilations"],
            "record_compilations": report["record_compilations"],
            "choices": [(r["component"], r["layer"], r["bits"], r["frac"])
@@ -173,7 +174,7 @@ def main(argv):
       f"average {load[0]:.1f} at the start, per row below). {len(images)} validation images, "
       f"float validation accuracy {acc_fp:.4f} (`{config.init_from}`, step {step}). Target: "
       "<= 180 s wall, one compilation, the plain search's choices.", "",
-      "| row | wall s | CPU s | load | evaluations | calls | compilations | x plain | "
+      "| row | wall s | CPU s | load | evaluations (passing) | calls | compilations | x plain | "
       "x previous | same choices as plain / previous |",
       "|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
@@ -183,11 +184,13 @@ def main(argv):
                 f"{r['compilations']} + {r['record_compilations']}")
     lines.append(
         f"| {r['row']} | {wall} | {r['cpu_seconds']:.0f} | {r['load_average']:.1f} | "
-        f"{r['evaluations']} | {r['program_calls']} | {compiled} | "
+        f"{r['evaluations']} ({r['passing']}) | {r['program_calls']} | {compiled} | "
         f"{fmt(r['ratio_to_plain'], '.1f')} | {fmt(r['ratio_to_previous'], '.2f')} | "
         f"{fmt(r['same_choices_as_plain'], '')} / {fmt(r['same_choices_as_previous'], '')} |")
   lines += [
-      "", "Columns: `calls` are calls of the candidate program (the plain search: of the whole "
+      "", "Columns: `passing` are the candidates within their budget, each counted on at least "
+      "the images its budget needs (with early stopping, every image); `calls` are calls of the "
+      "candidate program (the plain search: of the whole "
       "network); `compilations` are the candidate program's, plus the cut-moving program's. "
       "Ratios compare (estimated) full wall times. Every row but `8 slots` counts one lane at a "
       "time (1 slot); every row but `devices` runs on one device.", ""]

@@ -218,6 +218,7 @@ class SearchResult:
   start_bits: dict[str, int]
   history: list[dict[str, Any]]  # one row per layer and component
   num_evaluations: int
+  num_passing: int  # the search's candidate evaluations within their budget (counted whole)
   seconds: float  # wall time
   cpu_seconds: float  # CPU time of this process (all threads), steadier on a shared machine
 
@@ -262,6 +263,7 @@ def search(evaluate: Callable[..., Sequence[float]], max_abs: Mapping[tuple[str,
   """
   t0, cpu0 = time.perf_counter(), time.process_time()
   evaluations = 0
+  num_passing = 0  # candidates within their budget (with stop_early: those counted whole)
 
   def run(configurations, passing=None):
     nonlocal evaluations
@@ -291,7 +293,8 @@ def search(evaluate: Callable[..., Sequence[float]], max_abs: Mapping[tuple[str,
       if key not in points or (max_tensors is not None and len(history) >= max_tensors):
         continue
       allowed = budget(component, i, num_layers, threshold)
-      start, t_layer, before = points[key], time.perf_counter(), evaluations
+      start, t_layer, before, passed_before = (points[key], time.perf_counter(), evaluations,
+                                               num_passing)
       passing = functools.partial(passes, acc_fp=acc_fp, allowed=allowed) if stop_early else None
       if focus is not None:
         focus(points, key)
@@ -302,6 +305,8 @@ def search(evaluate: Callable[..., Sequence[float]], max_abs: Mapping[tuple[str,
         return run([{**points, key: p} for p in candidates], passing)
 
       def log(p, a, path=path, component=component, i=i, allowed=allowed):
+        nonlocal num_passing
+        num_passing += passes(a, acc_fp=acc_fp, allowed=allowed)
         logging.info("  %s %s (%d/%d) candidate %s: accuracy %.4f, drop %.3f%% (budget %.3f%%)",
                      component, path, i, num_layers, p, a, 100 * (acc_fp - a) / acc_fp,
                      100 * allowed)
@@ -318,7 +323,8 @@ def search(evaluate: Callable[..., Sequence[float]], max_abs: Mapping[tuple[str,
       row = {"component": component, "layer": path, "index": i, "start": str(start),
              "bits": chosen.bits, "frac": chosen.frac, "accuracy": acc,
              "drop": (acc_fp - acc) / acc_fp, "budget": allowed,
-             "evaluations": evaluations - before, "seconds": time.perf_counter() - t_layer}
+             "evaluations": evaluations - before, "passing": num_passing - passed_before,
+             "seconds": time.perf_counter() - t_layer}
       history.append(row)
       keys_bar.update(1)
       elapsed = time.perf_counter() - t_search
@@ -330,7 +336,7 @@ def search(evaluate: Callable[..., Sequence[float]], max_abs: Mapping[tuple[str,
                    len(points), progress.format_duration(left))
   keys_bar.close()
   return SearchResult(points=points, accuracy=acc, acc_fp=acc_fp, start_bits=start_bits,
-                      history=history, num_evaluations=evaluations,
+                      history=history, num_evaluations=evaluations, num_passing=num_passing,
                       seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - cpu0)
 
 

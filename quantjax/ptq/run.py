@@ -222,7 +222,8 @@ def search_fixed_point(exp, variables, records, val_images, val_labels, acc_fp, 
       "method": "fixedpoint", "criterion": criterion, "score_float": acc_fp,
       "validation_accuracy_search": result.accuracy, "start_bits": result.start_bits,
       "threshold": float(ptq.threshold), "tradeoff": float(ptq.tradeoff),
-      "evaluations": result.num_evaluations, "speedups": list(speedups),
+      "evaluations": result.num_evaluations, "passing_evaluations": result.num_passing,
+      "speedups": list(speedups),
       "compilations": programs.num_traces,  # of the candidate program
       "record_compilations": getattr(programs, "num_record_traces", 0),  # cut-moving program
       "program_calls": programs.num_calls,
@@ -235,7 +236,8 @@ def search_fixed_point(exp, variables, records, val_images, val_labels, acc_fp, 
 def _markdown_fixed_point(report) -> str:
   lines = [f"Goyal et al. fixed-point search, criterion: validation {report['criterion']} "
            f"(float {report['score_float']:.4f}, after the search "
-           f"{report['validation_accuracy_search']:.4f}); {report['evaluations']} evaluations, "
+           f"{report['validation_accuracy_search']:.4f}); {report['evaluations']} evaluations "
+           f"({report['passing_evaluations']} within budget), "
            f"{report['compilations']} compilation(s), {report['search_seconds']:.0f} s.", "",
            f"| component | layer | start | chosen (b, F) | val. {report['criterion']} | drop % "
            "| budget % "

@@ -248,3 +248,22 @@ def test_tiny_model_search_matches_brute_force_and_compiles_once(tiny):
   assert fewest <= paid.points[("fc", "weight")].bits <= fewest + 1
   assert evaluator.num_calls > 200
   assert evaluator.num_traces == 1, "every candidate must reuse the one compiled evaluation"
+
+
+def test_passing_counts_the_candidates_within_budget():
+  calls = []
+
+  def accuracy(configurations):
+    points = [config[("fc", "weight")] for config in configurations]
+    calls.extend(points)
+    return [1.0 if p.bits >= 4 else 0.5 for p in points]  # passes from 4 bits up
+
+  result = fixedpoint.search(accuracy, {("fc", "weight"): 1.0}, ["fc"], acc_fp=1.0,
+                             threshold=0.02)
+  assert result.points[("fc", "weight")].bits == 4
+  candidates = calls[1:]  # the first call is the start configuration's
+  assert len(candidates) == len(set(candidates)) == result.num_evaluations - 1
+  # The diagonal from (12, 11) passes down to (4, 3): 8 candidates; (5, 2), (5, 4) and (4, 2),
+  # (4, 4) in the neighbourhood pass too; (3, 2), (2, 1), (3, 3), (3, 4) fail.
+  assert result.num_passing == sum(p.bits >= 4 for p in candidates) == 12
+  assert result.history[0]["passing"] == 12

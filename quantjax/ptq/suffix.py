@@ -260,8 +260,7 @@ class SuffixEvaluator:
         def one(points, rows, x):
           return self._from_cut(variables, self._lane_state(state, c, points), x, c, rows)[1]
 
-        # A slot's images are consecutive rows: sliced, not gathered (a gather of the cache's
-        # first `size` columns cost as much as the suffix's convolutions on the Sequential net).
+        # A slot's images are consecutive rows: sliced, not gathered.
         count = index.shape[1]
 
         def take(array, width):

@@ -170,7 +170,7 @@ def main(argv):
 
   lines = [
       "# Fixed-point search time: the Sequential net on Fashion-MNIST (issue 14, target 5)", "",
-      f"Generated {date} on {where} by `{command}` (beside other jobs: load "
+      f"Generated {date} on {where} by `{command}` (the machine's load "
       f"average {load[0]:.1f} at the start, per row below). {len(images)} validation images, "
       f"float validation accuracy {acc_fp:.4f} (`{config.init_from}`, step {step}). Target: "
       "<= 180 s wall, one compilation, the plain search's choices.", "",

@@ -14,6 +14,14 @@ search get one CPU device per core, as `eval.py --mode=int` and `quantjax.ptq.ru
 process; training and float evaluation one device, as train.py and eval.py run them. Issue 14's
 targets: QAT at most 1.15x float training, the emulator's evaluation at most 1.2x float
 evaluation.
+
+What the quantized jobs add is compilation. XLA's CPU backend compiles elementwise fusions with
+its MLIR fusion emitters, whose compilation holds about 1.5 MiB per fusion until the program is
+built; a quantized step has many more fusions than the float one. With `--older_emitters` (the
+default) every training and evaluation job runs a second time with
+`XLA_FLAGS=--xla_cpu_use_fusion_emitters=false` (XLA's older LLVM emitters, which compile the
+same program in a few MiB), float and quantized alike, and their ratios are given beside: the
+difference between the two tables is the share of the fusion emitters' compilation.
 """
 
 from __future__ import annotations
@@ -38,6 +46,11 @@ _EPOCHS = flags.DEFINE_float("epochs", 2.0, "Training epochs per variant.")
 _REPS = flags.DEFINE_integer("reps", 3, "Repetitions of every job (each in a fresh process); "
                              "the tables give the median and the range.")
 _OUT = flags.DEFINE_string("out", "", "Markdown output (optional).")
+_OLDER = flags.DEFINE_bool(
+    "older_emitters", True, "Also run every training and evaluation job with XLA's older CPU "
+    "emitters (XLA_FLAGS=--xla_cpu_use_fusion_emitters=false), as a second table.")
+
+OLDER_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 
 # Each training variant: the accuracy table's row whose middle-layer quantizers it uses.
 TRAIN_VARIANTS = ("uniform/W8A8", "uniform/W4A4", "esb/W4A4-k2", "nuuq/N4", "liss/W4A4",
@@ -104,12 +117,16 @@ print(json.dumps({{"peak_mib": peak(), "imported_mib": imported,
 _PER_CORE = "from quantjax.train import sharding; sharding.cpu_device_per_core()"
 
 
-def measure(body: str, per_core: bool = False, **fields) -> dict[str, float]:
+def measure(body: str, per_core: bool = False, xla_flags: str = "", **fields) -> dict[str, float]:
   """Runs `body` (formatted with `fields`) in a fresh interpreter; its printed peak and accuracy.
-  `per_core`: the process gets one CPU device per core, as the job's own command gives it."""
+  `per_core`: the process gets one CPU device per core, as the job's own command gives it.
+  `xla_flags`: added to the process's XLA_FLAGS."""
   code = _PRELUDE.format(setup=_PER_CORE if per_core else "") + body.format(**fields)
+  env = dict(os.environ)
+  if xla_flags:
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
   out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
-                       cwd=ROOT)
+                       cwd=ROOT, env=env)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -144,36 +161,61 @@ def _table(results: dict[str, list[dict]], base: str, target: float | None) -> l
   return lines
 
 
+def measure_rep(tmp: str, rep: int, train: dict, infer: dict, xla_flags: str = "") -> dict:
+  """One repetition of the training and evaluation jobs (their peaks appended to `train` and
+  `infer`), every process with `xla_flags`; returns the training workdirs by variant."""
+  tag = "older" if xla_flags else "default"
+  runs = {name: os.path.join(tmp, f"{rep}", tag, name.replace("/", "_"))
+          for name in ("float", *TRAIN_VARIANTS)}
+  for name, workdir in runs.items():
+    row = None if name == "float" else name
+    result = measure(_TRAIN, row=row, epochs=_EPOCHS.value, workdir=workdir,
+                     xla_flags=xla_flags)
+    train.setdefault(f"train {name}", []).append(result)
+    print(f"rep {rep} ({tag} emitters) train {name}: {result['peak_mib']:.0f} MiB", flush=True)
+  for name, result in (
+      ("evaluate float (jitted float model)", measure(
+          _EVAL_FLOAT, workdir=runs["float"], output=os.path.join(tmp, "float.json"),
+          xla_flags=xla_flags)),
+      ("integer emulator, uniform W8A8", measure(
+          _EVAL_INT, per_core=True, workdir=runs["uniform/W8A8"],
+          output=os.path.join(tmp, "int.json"), xla_flags=xla_flags))):
+    infer.setdefault(name, []).append(result)
+  return runs
+
+
 def main(argv):
   del argv
-  reps = range(_REPS.value)
   train: dict[str, list[dict]] = {}
   infer: dict[str, list[dict]] = {}
   search: dict[str, list[dict]] = {}
+  train_older: dict[str, list[dict]] = {}
+  infer_older: dict[str, list[dict]] = {}
   with tempfile.TemporaryDirectory() as tmp:
-    for rep in reps:  # a repetition runs every job once, so ratios pair jobs of one repetition
-      runs = {name: os.path.join(tmp, f"{rep}", name.replace("/", "_"))
-              for name in ("float", *TRAIN_VARIANTS)}
-      for name, workdir in runs.items():
-        row = None if name == "float" else name
-        result = measure(_TRAIN, row=row, epochs=_EPOCHS.value, workdir=workdir)
-        train.setdefault(f"train {name}", []).append(result)
-        print(f"rep {rep} train {name}: {result['peak_mib']:.0f} MiB", flush=True)
-      for name, result in (
-          ("evaluate float (jitted float model)", measure(
-              _EVAL_FLOAT, workdir=runs["float"], output=os.path.join(tmp, "float.json"))),
-          ("integer emulator, uniform W8A8", measure(
-              _EVAL_INT, per_core=True, workdir=runs["uniform/W8A8"],
-              output=os.path.join(tmp, "int.json")))):
-        infer.setdefault(name, []).append(result)
+    for rep in range(_REPS.value):  # every job once per repetition: ratios pair jobs of one rep
+      runs = measure_rep(tmp, rep, train, infer)
       search.setdefault("train float", []).append(train["train float"][-1])
       search.setdefault("fixed-point search (LeNet-5)", []).append(measure(
           _PTQ, per_core=True, init_from=runs["float"],
           workdir=os.path.join(tmp, f"{rep}", "fxp")))
+      if _OLDER.value:
+        measure_rep(tmp, rep, train_older, infer_older, xla_flags=OLDER_EMITTERS)
       print(f"rep {rep}: inference {infer}, search {search}", flush=True)
+  older = []
+  if _OLDER.value:
+    older = [
+        "", "## The same jobs with XLA's older CPU emitters", "",
+        f"Every process above run again with `XLA_FLAGS={OLDER_EMITTERS}`, float and quantized "
+        "alike (no project setting changes this; XLA's own default is the fusion emitters). "
+        "Ratios are to the float job with the same emitters. Where these ratios are lower, the "
+        "difference is what the fusion emitters' compilation holds at the peak. Speed is not "
+        "measured here: the older emitters' code for a training step was slower in a probe.", "",
+        "Training:", "", *_table(train_older, "train float", 1.15), "",
+        "Evaluation:", "", *_table(infer_older, "evaluate float (jitted float model)", 1.2)]
   lines = [
       "# Peak host memory against float (LeNet-5, mnist5k)", "",
-      f"Generated by `python bench/memory.py --epochs={_EPOCHS.value:g} --reps={_REPS.value}` on "
+      f"Generated by `python bench/memory.py --epochs={_EPOCHS.value:g} --reps={_REPS.value}"
+      f"{'' if _OLDER.value else ' --noolder_emitters'}` on "
       f"{datetime.date.today().isoformat()}, {machine()}. Each job in its own process, "
       f"{_REPS.value} times (the median, and the range in brackets); peak "
       "resident set size of that process (interpreter, JAX, compiled code and dataset "
@@ -189,7 +231,7 @@ def main(argv):
       "to report their agreement):", "",
       *_table(infer, "evaluate float (jitted float model)", 1.2), "",
       "Goyal et al.'s fixed-point search on the float run (validation split), ratio to float "
-      "training (no target):", "", *_table(search, "train float", None)]
+      "training (no target):", "", *_table(search, "train float", None), *older]
   text = "\n".join(lines) + "\n"
   print(text)
   if _OUT.value:

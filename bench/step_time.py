@@ -71,6 +71,12 @@ _PROCESSES = flags.DEFINE_integer(
     "and pool their repetitions (a process's own offset then shows in the spread).")
 _CHILD_JSON = flags.DEFINE_string("child_json", "", "Internal: where a child process of "
                                   "--processes writes its times.")
+_OLDER = flags.DEFINE_bool(
+    "older_emitters", False, "Also time every quantjax variant compiled with XLA's older CPU "
+    "emitters (compiler option xla_cpu_use_fusion_emitters=False), as rows '<variant>, older "
+    "emitters', against the same float step (compiled as XLA compiles by default). "
+    "bench/memory.py shows what they save in compilation memory; this shows what they cost.")
+OLDER_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
 _ROWS = flags.DEFINE_list("rows", [], "Rows to time besides float (default: ROWS), e.g. "
                           "uniform/W8A8,uniform/W4A4.")
 
@@ -128,7 +134,7 @@ def want_peer() -> bool:
   return True
 
 
-def build(model, plan, images, labels, conv_kernel_grad="auto"):
+def build(model, plan, images, labels, conv_kernel_grad="auto", compiler_options=None):
   variables = intercept.quantized_init(model, plan)({"params": jax.random.key(0)}, images,
                                                     train=False)
   # The optimizer as training builds it: the quantizers' parameters updated as one vector.
@@ -139,7 +145,7 @@ def build(model, plan, images, labels, conv_kernel_grad="auto"):
                             quant_state=variables.get(intercept.QUANT_STATE, {}))
   step = jax.jit(steps.make_train_step(model, plan, 10, seed=0, aux_loss_weight=1.0,
                                        conv_kernel_grad=conv_kernel_grad),
-                 donate_argnames=("state",))
+                 donate_argnames=("state",), compiler_options=compiler_options)
   batch = {"image": images, "label": labels}
   for _ in range(3):  # compile and warm up
     state, metrics = step(state, batch)
@@ -157,6 +163,10 @@ def measure() -> tuple[dict[str, list[float]], dict[str, str]]:
   layers = intercept.discover_layers(model, images[:2], train=False)
   builders = {name: (lambda plan=plan: build(model, plan, images, labels))
               for name, plan in variants(layers).items()}
+  if _OLDER.value:
+    builders.update({f"{name}, older emitters": (
+        lambda plan=plan: build(model, plan, images, labels, compiler_options=OLDER_EMITTERS))
+        for name, plan in variants(layers).items()})
   if want_peer():
     # The float step a Qwix user starts from: the plain Flax model (no quantjax interceptor,
     # jax.lax's convolution and XLA's kernel gradient). Qwix's QAT convolution has its own VJP.
@@ -250,7 +260,8 @@ def main(argv):
       f"{'' if processes == 1 else f' --processes={processes}'}"
       f"{'' if _INTEGER.value == 'auto' else ' --integer_products=' + _INTEGER.value}"
       f"{'' if _PEER.value == 'auto' else ' --peer=' + _PEER.value}"
-      f"{' --rows=' + ','.join(_ROWS.value) if _ROWS.value else ''}` on "
+      f"{' --rows=' + ','.join(_ROWS.value) if _ROWS.value else ''}"
+      f"{' --older_emitters' if _OLDER.value else ''}` on "
       f"{datetime.date.today().isoformat()}, {machine()}; {reps} of {_STEPS.value} steps; "
       "the ratio to float is taken within each repetition, "
       "and its median and interquartile range (IQR; min-max below 4 repetitions) are shown. "

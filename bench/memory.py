@@ -209,7 +209,8 @@ def main(argv):
         "alike (no project setting changes this; XLA's own default is the fusion emitters). "
         "Ratios are to the float job with the same emitters. Where these ratios are lower, the "
         "difference is what the fusion emitters' compilation holds at the peak. Speed is not "
-        "measured here: the older emitters' code for a training step was slower in a probe.", "",
+        "measured here: `bench/step_time.py --older_emitters` times what they cost a training "
+        "step (`results/step_time_older_emitters.md`).", "",
         "Training:", "", *_table(train_older, "train float", 1.15), "",
         "Evaluation:", "", *_table(infer_older, "evaluate float (jitted float model)", 1.2)]
   lines = [

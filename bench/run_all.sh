@@ -34,8 +34,12 @@ python bench/step_time.py --model=resnet20 --batch_size=128 --steps=2 --reps=5 -
   --rows=liss/W4A4,uniform/W8A8 --integer_products=off \
   --out=results/step_time_resnet20_float_products.md
 
-# Peak host memory: QAT, the integer emulator and the fixed-point search against float.
+# Peak host memory: QAT, the integer emulator and the fixed-point search against float, each job
+# also with XLA's older CPU emitters; and what those emitters cost a training step.
 python bench/memory.py --reps=2 --out=results/memory.md
+python bench/step_time.py --model=lenet5 --batch_size=128 --reps=5 --processes=3 --peer=none \
+  --rows=uniform/W8A8-max,esb/W4A4-k2,log/W4A4 --older_emitters \
+  --out=results/step_time_older_emitters.md
 
 # Integer emulation throughput against the jitted float model (needs a trained quantized run).
 [ -d "$runs/float" ] || python train.py --config=configs/float.py --workdir="$runs/float"

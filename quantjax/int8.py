@@ -12,8 +12,10 @@ import jax
 
 INT8_MIN, INT8_MAX = -128, 127
 # From this many input channels (or input features) on, XLA CPU's int8 convolutions and matmuls
-# ran 2-10x faster than float32 ones on this project's machine; below it, 2-9x slower
-# (`bench/int8_products.py`, `results/int8_products.md`).
+# ran 2-10x faster than float32 ones on this project's Intel host; below it, 2-9x slower
+# (`bench/int8_products.py`, `results/int8_products.md`). On an AMD EPYC without VNNI (AVX2 only)
+# they ran 0.7-0.95x of float32 from 32 on, and 1.27x at 128 channels
+# (`results/int8_products_epyc.md`): the rule was set on the Intel host.
 AUTO_MIN_CHANNELS = 32
 
 

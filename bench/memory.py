@@ -16,12 +16,12 @@ targets: QAT at most 1.15x float training, the emulator's evaluation at most 1.2
 evaluation.
 
 What the quantized jobs add is compilation. XLA's CPU backend compiles elementwise fusions with
-its MLIR fusion emitters, whose compilation holds about 1.5 MiB per fusion until the program is
-built; a quantized step has many more fusions than the float one. With `--older_emitters` (the
-default) every training and evaluation job runs a second time with
-`XLA_FLAGS=--xla_cpu_use_fusion_emitters=false` (XLA's older LLVM emitters, which compile the
-same program in a few MiB), float and quantized alike, and their ratios are given beside: the
-difference between the two tables is the share of the fusion emitters' compilation.
+its MLIR fusion emitters, whose compilation holds memory for every fusion until the program is
+built, and a quantized step has many more fusions than the float one. With `--older_emitters`
+(the default) every training and evaluation job runs a second time with
+`XLA_FLAGS=--xla_cpu_use_fusion_emitters=false` (XLA's older LLVM emitters), float and quantized
+alike, and their ratios are given beside: the difference between the two tables is the share of
+the fusion emitters' compilation.
 """
 
 from __future__ import annotations

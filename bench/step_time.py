@@ -162,12 +162,13 @@ def measure() -> tuple[dict[str, list[float]], dict[str, str]]:
   images = jax.random.normal(jax.random.key(1), (_BATCH.value, *shape))
   labels = jax.random.randint(jax.random.key(2), (_BATCH.value,), 0, 10)
   layers = intercept.discover_layers(model, images[:2], train=False)
+  plans = variants(layers)
   builders = {name: (lambda plan=plan: build(model, plan, images, labels))
-              for name, plan in variants(layers).items()}
+              for name, plan in plans.items()}
   if _OLDER.value:
     builders.update({f"{name}{OLDER_SUFFIX}": (
         lambda plan=plan: build(model, plan, images, labels, compiler_options=OLDER_EMITTERS))
-        for name, plan in variants(layers).items()})
+        for name, plan in plans.items()})
   if want_peer():
     # The float step a Qwix user starts from: the plain Flax model (no quantjax interceptor,
     # jax.lax's convolution and XLA's kernel gradient). Qwix's QAT convolution has its own VJP.

@@ -12,16 +12,17 @@ mkdir -p "$runs"
 python bench/conv_kernel_grad.py --reps=7 --out=results/conv_kernel_grad.md
 
 # Training-step overhead against float and Qwix, interleaved in one process per model.
-# Every model of the registry; the ratio's interquartile range is the spread to read.
+# Every model of the registry; each target is read from the interval of the median ratio
+# (bench/intervals.py), which reaches 95 % coverage from 6 repetitions on.
 python bench/step_time.py --model=lenet5 --batch_size=128 --reps=5 --processes=5 \
   --out=results/step_time.md
-python bench/step_time.py --model=sequential --batch_size=128 --steps=2 --reps=11 \
+python bench/step_time.py --model=sequential --batch_size=128 --steps=2 --reps=17 \
   --out=results/step_time_sequential.md
 for model in resnet20 vgg_small; do
   python bench/step_time.py --model=$model --batch_size=128 --steps=2 --reps=7 \
     --out=results/step_time_$model.md
 done
-python bench/step_time.py --model=resnet18 --batch_size=128 --steps=1 --reps=3 \
+python bench/step_time.py --model=resnet18 --batch_size=128 --steps=1 --reps=6 \
   --out=results/step_time_resnet18.md
 # What the integer products bought: the same rows with the float products of fake-quantized values.
 python bench/step_time.py --model=vgg_small --batch_size=128 --steps=2 --reps=9 \
@@ -30,7 +31,7 @@ python bench/step_time.py --model=vgg_small --batch_size=128 --steps=2 --reps=9 
 
 # int8 against float32 kernels per layer shape: what quant.integer_products='auto' is decided by.
 python bench/int8_products.py --out=results/int8_products.md
-python bench/step_time.py --model=resnet20 --batch_size=128 --steps=2 --reps=5 --peer=none \
+python bench/step_time.py --model=resnet20 --batch_size=128 --steps=2 --reps=7 --peer=none \
   --rows=liss/W4A4,uniform/W8A8 --integer_products=off \
   --out=results/step_time_resnet20_float_products.md
 
@@ -54,14 +55,14 @@ python bench/intsim_throughput.py --workdir="$runs/uniform_w8a8" \
 [ -d "$runs/uniform_w8a8_resnet20" ] || python train.py --config=configs/uniform_w4a4.py \
   --config.model=resnet20 --config.num_epochs=1 --workdir="$runs/uniform_w8a8_resnet20" \
   --config.init_from="$runs/float_resnet20" --config.quant.weight.bits=8 --config.quant.act.bits=8
-python bench/intsim_throughput.py --workdir="$runs/uniform_w8a8_resnet20" --repeats=15 \
+python bench/intsim_throughput.py --workdir="$runs/uniform_w8a8_resnet20" --repeats=21 \
   --out=results/intsim_throughput_resnet20.md
 
 # Post-training searches (MXQN and the fixed-point search; wall time of the Sequential search).
 python bench/ptq_table.py --workdir="$runs/ptq"
 
 # The training loop against its own bare jitted step (host and device input pipelines).
-python bench/loop_efficiency.py --reps=5 --out=results/loop_efficiency.md
+python bench/loop_efficiency.py --reps=7 --out=results/loop_efficiency.md
 
 # The fixed-point search's wall time on Fashion-MNIST's 6,000 validation images.
 python bench/ptq_search_time.py

@@ -10,7 +10,9 @@ For one model, batch and optimizer, it compiles a train step per quantizer (the 
 method in bench/accuracy_table.py, plus uniform W8A8 with learned (LSQ) and with max scales), then
 times them interleaved: every repetition runs each variant for `--steps` steps in turn, so machine
 noise hits all of them alike. Each variant's ratio to float is taken within each repetition; the
-table gives its median and interquartile range. `--processes=N` runs the whole measurement in N
+table gives its median, interquartile range and the median's order-statistic interval
+(`bench/intervals.py`), and reads each target from the interval: met, NOT met, or undecided at
+this number of repetitions. `--processes=N` runs the whole measurement in N
 fresh processes and pools their repetitions: on this CPU a process alone can shift float LeNet-5's
 step by 30 % (14 to 19 ms, a quantized step unmoved), an offset no number of repetitions within one
 process shows. With the 'bench' extra installed, the same model quantized W8A8 by Qwix's QAT is
@@ -41,7 +43,8 @@ import sys
 import tempfile
 import time
 
-import accuracy_table  # bench/ is the script's directory, so its sibling imports directly
+import accuracy_table  # bench/ is the script's directory, so its siblings import directly
+import intervals
 import jax
 import jax.numpy as jnp
 import optax
@@ -265,33 +268,46 @@ def main(argv):
       f"{' --rows=' + ','.join(_ROWS.value) if _ROWS.value else ''}"
       f"{' --older_emitters' if _OLDER.value else ''}` on "
       f"{datetime.date.today().isoformat()}, {machine()}; {reps} of {_STEPS.value} steps; "
-      "the ratio to float is taken within each repetition, "
-      "and its median and interquartile range (IQR; min-max below 4 repetitions) are shown. "
+      "the ratio to float is taken within each repetition; its median, its interquartile "
+      "range (IQR; min-max below 4 repetitions: how much one repetition moves) and the "
+      "order-statistic interval of the median (`bench/intervals.py`, with its coverage: how "
+      "precisely the median is known) are shown. A target is met or missed only when the whole "
+      "interval says so, else it is undecided at this number of repetitions. "
       f"Integer products: {_INTEGER.value} (`quant.integer_products`; 'auto' forms the layers "
       "whose operands sit on <=8-bit integer grids on int8 integers on a CPU)." + peer_note,
       "",
-      f"| variant | ms / step (median) | ratio to float | IQR of the ratio | within "
-      f"{QUANTIZER_LIMIT:.2f}x |",
-      "|---|---|---|---|---|",
+      f"| variant | ms / step (median) | ratio to float | IQR of the ratio | interval of the "
+      f"median | within {QUANTIZER_LIMIT:.2f}x |",
+      "|---|---|---|---|---|---|",
   ]
   for name, ts in times.items():
     ratio = statistics.median(ratios[name])
     lo, hi = spread(ratios[name])
+    m_lo, m_hi, coverage = intervals.median_interval(ratios[name])
     # The older emitters' rows show what those emitters cost, not a step the target is about.
     ok = "" if name in ("float", PEER_FLOAT, PEER) or name.endswith(OLDER_SUFFIX) else (
-        "yes" if ratio <= QUANTIZER_LIMIT else "NO")
+        intervals.verdict(m_lo, m_hi, at_most=QUANTIZER_LIMIT))
     lines.append(f"| {name} | {1e3 * statistics.median(ts):.2f} | {ratio:.3f} | "
-                 f"{lo:.3f}-{hi:.3f} | {ok} |")
+                 f"{lo:.3f}-{hi:.3f} | {m_lo:.3f}-{m_hi:.3f} ({100 * coverage:.1f} %) | {ok} |")
   for name, error in failed.items():
     lines.append(f"| {name} | failed on this backend: {error} | | | |")
   if PEER in times and MAX_W8A8 in times:
     ours, theirs = (statistics.median(ratios[n]) for n in (MAX_W8A8, PEER))
-    met = ours <= W8A8_LIMIT and ours <= theirs
+    lo, hi, coverage = intervals.median_interval(ratios[MAX_W8A8])
+    # Against the peer: the difference of the two ratios, paired within each repetition.
+    d_lo, d_hi, d_coverage = intervals.median_interval(
+        [a - b for a, b in zip(ratios[MAX_W8A8], ratios[PEER], strict=True)])
+    limit, below_peer = (intervals.verdict(lo, hi, at_most=W8A8_LIMIT),
+                         intervals.verdict(d_lo, d_hi, at_most=0.0))
+    met = ("met" if limit == below_peer == "met" else
+           "NOT met" if "NOT met" in (limit, below_peer) else "undecided")
     own = statistics.median(t / f for t, f in zip(times[PEER], times[PEER_FLOAT], strict=True))
-    lines += ["", f"{MAX_W8A8}: {ours:.3f}x float; {PEER}: {theirs:.3f}x the same float "
-              f"(target: at most {W8A8_LIMIT:.2f}x float and at or below the peer's ratio: "
-              f"{'met' if met else 'NOT met'}). Qwix against its own float, the plain Flax "
-              f"model's step: {own:.3f}x."]
+    lines += ["", f"{MAX_W8A8}: {ours:.3f}x float (interval of the median {lo:.3f}-{hi:.3f}, "
+              f"{100 * coverage:.1f} %; at most {W8A8_LIMIT:.2f}x: {limit}); {PEER}: "
+              f"{theirs:.3f}x the same float (ours minus the peer's, paired per repetition: "
+              f"{d_lo:+.3f} to {d_hi:+.3f}, {100 * d_coverage:.1f} %; at or below the peer: "
+              f"{below_peer}). Target (both): **{met}**. Qwix against its own float, the plain "
+              f"Flax model's step: {own:.3f}x."]
   text = "\n".join(lines) + "\n"
   print(text)
   if _OUT.value:

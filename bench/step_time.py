@@ -290,7 +290,7 @@ def main(argv):
     lines.append(f"| {name} | {1e3 * statistics.median(ts):.2f} | {ratio:.3f} | "
                  f"{lo:.3f}-{hi:.3f} | {m_lo:.3f}-{m_hi:.3f} ({100 * coverage:.1f} %) | {ok} |")
   for name, error in failed.items():
-    lines.append(f"| {name} | failed on this backend: {error} | | | |")
+    lines.append(f"| {name} | failed on this backend: {error} | | | | |")
   if PEER in times and MAX_W8A8 in times:
     ours, theirs = (statistics.median(ratios[n]) for n in (MAX_W8A8, PEER))
     lo, hi, coverage = intervals.median_interval(ratios[MAX_W8A8])

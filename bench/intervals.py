@@ -26,16 +26,14 @@ def median_interval(xs: Sequence[float],
   n = len(xs)
   if n == 0:
     raise ValueError("median_interval() needs at least one value")
-  # P(fewer than k of n values fall below the median) = sum_{i<k} C(n, i) / 2^n.
-  tail, k = 0.0, 0
-  while k < n // 2:
-    nxt = tail + math.comb(n, k) / 2**n
-    if 1 - 2 * nxt < confidence:
-      break
-    tail, k = nxt, k + 1
-  k = max(k, 1)  # at least the range
-  tail = sum(math.comb(n, i) for i in range(k)) / 2**n
-  return xs[k - 1], xs[n - k], 1 - 2 * tail
+
+  def coverage(k: int) -> float:  # of [x_(k), x_(n+1-k)]: 1 - 2 P(fewer than k fall below)
+    return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+
+  k = 1  # at least the range
+  while k < n // 2 and coverage(k + 1) >= confidence:
+    k += 1
+  return xs[k - 1], xs[n - k], coverage(k)
 
 
 def verdict(lo: float, hi: float, *, at_most: float | None = None,

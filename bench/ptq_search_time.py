@@ -30,6 +30,16 @@ speed-ups of `quantjax.ptq.suffix` added in turn:
 Each row's choices (b, F per tensor) are compared with the plain search's (on the tensors it
 searched) and with the previous row's (all 45). Wall time on a shared machine moves with its
 load: the CPU seconds of this process and the load average are recorded beside it.
+
+Against the limit: the float network's own forward pass over the validation images is timed in
+the same run, `--rate_reps` passes before the rows and as many after them (on every local device,
+in batches of the search's rows), which gives this machine's rate in multiply-adds per second.
+Each row's work is the multiply-adds of its evaluations (`SuffixEvaluator.work`: every image
+counted, from its cut on, plus moving the cut), so a row's time is set beside the time the float
+network takes for the same work at its median rate. The candidates the search cannot stop early
+(every one within its budget) are counted on every image: at the fastest pass's rate that work
+alone gives a floor no arrangement of the same evaluations goes below without a faster
+convolution than the float network's.
 """
 
 from __future__ import annotations
@@ -42,9 +52,13 @@ import subprocess
 import sys
 import time
 
+import intervals  # bench/ is the script's directory, so its siblings import directly
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import app, flags
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -67,6 +81,8 @@ _ROWS = flags.DEFINE_list("rows", ["plain", *SPEEDUPS, "slots8", "devices"],
                           "'slots8': the last with 8 slots; 'devices': the last over every "
                           "local device).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "results", "Where <name>.md/.json go.")
+_RATE_REPS = flags.DEFINE_integer("rate_reps", 7, "Timed passes of the float network over the "
+                                  "validation images (its rate, against the limit).")
 _NAME = flags.DEFINE_string("name", "ptq_search_time", "Base name of the .md/.json written "
                             "(another machine's table beside this one: e.g. a suffix).")
 
@@ -82,6 +98,24 @@ def float_run(init_from: str) -> None:
          "--config.tensorboard=False", f"--workdir={init_from}"]
   print("training the float network: " + shlex.join(cmd[1:]), flush=True)
   subprocess.run(cmd, check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def float_rate(model, variables, images: np.ndarray, macs_per_image: int, *, rows: int,
+               reps: int) -> list[float]:
+  """Multiply-adds per second of the float network's forward pass over `images`, in batches of
+  `rows` split over every local device, once per repetition (after one untimed pass)."""
+  mesh = Mesh(np.asarray(jax.local_devices()), ("images",))
+  split = NamedSharding(mesh, P("images"))
+  usable = len(images) // rows * rows
+  batches = [jax.device_put(images[i:i + rows], split) for i in range(0, usable, rows)]
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  jax.block_until_ready([forward(variables, x) for x in batches])
+  rates = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready([forward(variables, x) for x in batches])
+    rates.append(usable * macs_per_image / (time.perf_counter() - t0))
+  return rates
 
 
 def main(argv):
@@ -107,6 +141,17 @@ def main(argv):
   acc_fp = Evaluator(exp.model, None, images, labels, batch_size=config.eval_batch_size)(
       variables)
   records = calibration.record_layers(exp.model, variables, calib)
+  per_image = sum(layer.macs for layer in exp.layers)
+  rows_per_call = 256  # SuffixEvaluator's default rows, split over the devices
+
+  def time_float(when: str) -> list[float]:
+    out = float_rate(exp.model, variables, images, per_image, rows=rows_per_call,
+                     reps=_RATE_REPS.value)
+    print(f"float forward ({when}): " + ", ".join(f"{r / 1e9:.1f}" for r in out)
+          + f" G multiply-adds/s on {jax.local_device_count()} device(s)", flush=True)
+    return out
+
+  rates = time_float("before the rows")
   command = shlex.join(["python", "bench/ptq_search_time.py", *sys.argv[1:]])
   date, where = datetime.date.today().isoformat(), machine()
   load = os.getloadavg()
@@ -139,11 +184,25 @@ def main(argv):
            "choices": [(r["component"], r["layer"], r["bits"], r["frac"])
                        for r in report["history"]],
            "accuracies": [r["accuracy"] for r in report["history"]],
-           "validation_accuracy": report["validation_accuracy_search"], "bounded": bounded}
+           "validation_accuracy": report["validation_accuracy_search"], "bounded": bounded,
+           "work_macs": report["work_macs"],
+           "history": [{k: r[k] for k in ("component", "layer", "bits", "frac", "evaluations",
+                                          "passing", "seconds")} for r in report["history"]]}
+    work = report["work_macs"]
+    row["work_evaluations"] = (work["counted"] + work["records"]) / (len(images) * per_image)
     rows.append(row)
     print(f"{row['row']}: {row['wall_seconds']:.0f} s wall, {row['cpu_seconds']:.0f} s CPU, "
           f"{row['tensors']} tensors, {row['evaluations']} evaluations, load "
           f"{row['load_average']:.1f}", flush=True)
+
+  rates += time_float("after the rows")
+  rate, fastest = float(np.median(rates)), max(rates)
+  rate_lo, rate_hi, rate_coverage = intervals.median_interval(rates)
+  full_seconds = len(images) * per_image / rate  # one whole-network evaluation at that rate
+  for r in rows:
+    work = r["work_macs"]
+    r["work_rate_ratio"] = (work["counted"] + work["records"]) / r["wall_seconds"] / rate
+    r["floor_seconds"] = work["whole"] / fastest
 
   # The plain row's full time: its seconds per evaluation times the full search's evaluations
   # (the '+suffix' row evaluates the same points one by one).
@@ -174,9 +233,17 @@ def main(argv):
       f"average {load[0]:.1f} at the start, per row below). {len(images)} validation images, "
       f"float validation accuracy {acc_fp:.4f} (`{config.init_from}`, step {step}). Target: "
       "<= 180 s wall, one compilation, the plain search's choices.", "",
+      f"The float network's forward pass ran at {rate / 1e9:.1f} G multiply-adds/s "
+      f"[{rate_lo / 1e9:.1f}, {rate_hi / 1e9:.1f}] (median [its interval, "
+      f"{100 * rate_coverage:.1f} %] of {len(rates)} passes over the {len(images)} images, half "
+      f"before the rows and half after, on {jax.local_device_count()} device(s), batches of "
+      f"{rows_per_call}), {fastest / 1e9:.1f} at the fastest pass: one whole-network "
+      f"evaluation takes {full_seconds:.2f} s at the median rate ({per_image / 1e6:.1f} M "
+      "multiply-adds per image).", "",
       "| row | wall s | CPU s | load | evaluations (passing) | calls | compilations | x plain | "
-      "x previous | same choices as plain / previous |",
-      "|---|---|---|---|---|---|---|---|---|---|"]
+      "x previous | same choices as plain / previous | work (evaluations) | x float rate | "
+      "floor s |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     wall = (f"{r['wall_seconds']:.0f} ({r['tensors']} tensors; full ~"
             f"{r['estimated_full_seconds']:.0f})" if r["bounded"] else f"{r['wall_seconds']:.0f}")
@@ -186,14 +253,20 @@ def main(argv):
         f"| {r['row']} | {wall} | {r['cpu_seconds']:.0f} | {r['load_average']:.1f} | "
         f"{r['evaluations']} ({r['passing']}) | {r['program_calls']} | {compiled} | "
         f"{fmt(r['ratio_to_plain'], '.1f')} | {fmt(r['ratio_to_previous'], '.2f')} | "
-        f"{fmt(r['same_choices_as_plain'], '')} / {fmt(r['same_choices_as_previous'], '')} |")
+        f"{fmt(r['same_choices_as_plain'], '')} / {fmt(r['same_choices_as_previous'], '')} | "
+        f"{r['work_evaluations']:.1f} | {r['work_rate_ratio']:.2f} | {r['floor_seconds']:.0f} |")
   lines += [
       "", "Columns: `passing` are the candidates within their budget, each counted on at least "
       "the images its budget needs (with early stopping, every image); `calls` are calls of the "
       "candidate program (the plain search: of the whole "
       "network); `compilations` are the candidate program's, plus the cut-moving program's. "
       "Ratios compare (estimated) full wall times. Every row but `8 slots` counts one lane at a "
-      "time (1 slot); every row but `devices` runs on one device.", ""]
+      "time (1 slot); every row but `devices` runs on one device. `work` is the row's "
+      "multiply-adds (images counted from their cut on, plus moving the cut) in whole-network "
+      "evaluations of the validation images; `x float rate` is the rate it did them at over the "
+      "float network's median rate; `floor` is the time the candidates counted on every image "
+      "take alone at the float network's fastest pass (a bounded row: of the tensors it "
+      "searched).", ""]
   default = next((r for r in rows[::-1] if r["speedups"] == list(DEFAULT_SPEEDUPS)
                   and r["slots"] == 1), None)
   if default is not None:
@@ -202,13 +275,25 @@ def main(argv):
         f"the 180 s target: {'met' if default['wall_seconds'] <= 180 else 'NOT met'} at load "
         f"{default['load_average']:.1f} on 2 cores; {default['compilations']} compilation(s) of "
         "the candidate program.")
+    floor = default["floor_seconds"]
+    lines.append(
+        "- Against the limit: the candidates it could not stop early (every one within its "
+        f"budget: {default['passing']} of {default['evaluations']}) are counted on every image, "
+        f"and that work alone takes {floor:.0f} s at the float network's fastest pass here, "
+        f"{floor / 180:.2f}x the target"
+        + (": no arrangement of these evaluations meets it on this machine without a faster "
+           "convolution than the float network's." if floor > 180 else ".")
+        + f" The whole search did {default['work_evaluations']:.1f} evaluations' work at "
+        f"{default['work_rate_ratio']:.2f}x the float network's rate.")
   text = "\n".join(lines) + "\n"
   print(text)
   os.makedirs(_OUT_DIR.value, exist_ok=True)
   write_text_atomic(os.path.join(_OUT_DIR.value, f"{_NAME.value}.md"), text)
   write_text_atomic(os.path.join(_OUT_DIR.value, f"{_NAME.value}.json"), json.dumps(
       {"date": date, "machine": where, "command": command, "images": len(images),
-       "float_accuracy": acc_fp, "load_average_start": load[0], "rows": rows}, indent=1))
+       "float_accuracy": acc_fp, "load_average_start": load[0],
+       "float_rate_macs_per_second": rates, "network_macs_per_image": per_image,
+       "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ images share a batch changes.
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -146,6 +147,11 @@ class SuffixEvaluator:
     self.num_traces = 0  # compilations of the candidate program
     self.num_record_traces = 0  # compilations of the program that moves the cut
     self.num_calls = 0  # candidate-program calls
+    # The work done, for `work`: images counted from each cut, candidates counted on every
+    # image from each cut, records of each layer.
+    self.counted: collections.Counter[int] = collections.Counter()
+    self.counted_whole: collections.Counter[int] = collections.Counter()
+    self.recorded: collections.Counter[int] = collections.Counter()
     self.count = len(images)
     self._layers = {path: i for i, path in enumerate(layer_paths)}
     self._paths = list(layer_paths)
@@ -364,6 +370,7 @@ class SuffixEvaluator:
     for t in range(here + 1, cut + 1):
       self._cache = self._record_fn(self._variables, state, self._cache, np.int32(t),
                                     self._images)
+      self.recorded[t] += 1
     self.cut = cut
 
   def evaluate(self, state, lane_points: np.ndarray,
@@ -390,7 +397,24 @@ class SuffixEvaluator:
           np.int32(limit), self._cache, self._images, self._labels))
       out += [(int(c), int(w), bool(f)) for c, w, f in
               zip(correct, wrong, finished, strict=True)][:len(chunk)]
+    self.counted[self.cut] += sum(c + w for c, w, _ in out)
+    self.counted_whole[self.cut] += sum(f for _, _, f in out)
     return out
+
+  def work(self, macs: Sequence[int]) -> dict[str, int]:
+    """Multiply-adds done so far, from each layer's per-image `macs` (in `layer_paths` order):
+    'counted', of every image counted (each from its cut on: the layers after it); 'whole', of
+    the candidates counted on every image (a candidate within its budget always is); 'records',
+    of moving the cut. Padding rows and elementwise work are left out."""
+    if len(macs) != len(self._paths):
+      raise ValueError(f"{len(macs)} layers' multiply-adds for {len(self._paths)} layers")
+
+    def after(cut: int) -> int:
+      return sum(macs[cut + 1:])
+
+    return {"counted": sum(n * after(cut) for cut, n in self.counted.items()),
+            "whole": sum(n * self.count * after(cut) for cut, n in self.counted_whole.items()),
+            "records": sum(n * self.count * macs[t] for t, n in self.recorded.items())}
 
 
 class PointAccuracy:

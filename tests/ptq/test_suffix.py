@@ -162,6 +162,32 @@ def test_counts_from_every_cut_equal_full_counts(residual, slots, devices, used)
   assert fast.num_traces == 1 and fast.num_record_traces == 1
 
 
+def test_work_counts_each_image_from_its_cut_on():
+  model, plan, variables, base, x, labels, _, paths = _setup()
+  fast = suffix.SuffixEvaluator(model, plan, paths, variables, x, labels, rows=40)
+  state = fixedpoint.quant_state(base, {(p, c): Point(3, 2) for p in paths
+                                        for c in fixedpoint.COMPONENTS})
+  macs = [1, 10, 100, 1000]  # per image, conv1, conv2, fc1, fc2 (any numbers: work is linear)
+  n = len(x)
+  fast.move(state, 1)  # records conv1's result, then conv2's
+  lanes = np.asarray([[[3, 2], [3, 2], [3, 2]], [[1, 0], [1, 0], [1, 0]]], np.float32)
+  whole = fast.evaluate(state, lanes)  # every image, from conv2's result: fc1 and fc2
+  assert [f for _, _, f in whole] == [True, True]
+  assert fast.work(macs) == {"counted": 2 * n * 1100, "whole": 2 * n * 1100,
+                             "records": n * 11}
+  # Stopped early: with the fc1 weights at 1 bit (all zeros) more than 2 of the first 40 rows
+  # (one iteration) are wrong, so only those 40 add to 'counted', nothing to 'whole'.
+  [(correct, wrong, finished)] = fast.evaluate(state, lanes[1:], max_wrong=2)
+  assert not finished and wrong > 2 and correct + wrong == 40
+  assert fast.work(macs) == {"counted": 2 * n * 1100 + 40 * 1100,
+                             "whole": 2 * n * 1100, "records": n * 11}
+  fast.move(state, suffix.IMAGES)  # back to the images: every layer from the first on
+  fast.evaluate(state, lanes[:1])
+  assert fast.work(macs)["whole"] == 2 * n * 1100 + n * 1111
+  with pytest.raises(ValueError, match="3 layers' multiply-adds for 4 layers"):
+    fast.work(macs[:3])
+
+
 def test_devices_must_divide_the_images_of_a_slot():
   model, plan, variables, _, x, labels, _, paths = _setup()
   with pytest.raises(ValueError, match=r"devices=3 must .* divide rows // slots = 10"):
@@ -216,3 +242,13 @@ def test_fast_search_makes_the_plain_searchs_choices_on_the_sequential_net(seque
   assert len({(r["bits"], r["frac"]) for r in plain["history"]}) > 5  # not one point for all
   assert fast["compilations"] == 1 and fast["record_compilations"] == 1
   assert fast["program_calls"] < plain["program_calls"] / 3
+  # The plain search counts every image through every layer; the suffix search less, and no
+  # more on its candidates counted whole than it counted in all.
+  n, per_image = len(images), plain["network_macs_per_image"]
+  assert per_image == sum(layer.macs for layer in exp.layers) > 0
+  assert plain["work_macs"] == {"counted": plain["program_calls"] * n * per_image,
+                                "whole": plain["program_calls"] * n * per_image, "records": 0}
+  work = fast["work_macs"]
+  assert 0 < work["whole"] <= work["counted"] < plain["work_macs"]["counted"]
+  # The cut walks down the network once per component (weights, biases, outputs).
+  assert 0 < work["records"] <= len(fixedpoint.COMPONENTS) * n * per_image

@@ -28,22 +28,28 @@ def raw_split(dataset, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def compare(exp, variables, graph, images, labels, accel: Accelerator,
             batch_size: int = 250) -> dict[str, Any]:
-  """Integer emulation against the fake-quant model on the same images."""
+  """Integer emulation against the fake-quant model on the same images.
+
+  The emulator runs over every batch first and is released before the fake-quant model is
+  compiled, so the process never holds both programs (and their compilations) at once.
+  """
   emulator = Emulator(graph, accel)
-  apply = quantized_apply(exp.model, exp.plan, training=False)
-  fake = jax.jit(lambda v, x: apply(v, x, train=False))
-  variables = jax.device_put(variables)  # once, not with every batch
-  pred_int, pred_fq = [], []
+  starts = range(0, len(labels), batch_size)
+  pred_int = []
   totals: dict[str, dict[str, int]] = {}
-  for start in range(0, len(labels), batch_size):
-    batch = images[start:start + batch_size]
-    out, stats = emulator(batch)
+  for start in starts:
+    out, stats = emulator(images[start:start + batch_size])
     pred_int.append(np.argmax(out, -1))
-    pred_fq.append(np.argmax(np.asarray(fake(variables, exp.dataset.normalise(batch))), -1))
     for name, s in stats.items():
       t = totals.setdefault(name, {"overflows": 0, "max_abs": 0})
       t["overflows"] += s["overflows"]
       t["max_abs"] = max(t["max_abs"], s["max_abs"])
+  del emulator
+  apply = quantized_apply(exp.model, exp.plan, training=False)
+  fake = jax.jit(lambda v, x: apply(v, x, train=False))
+  variables = jax.device_put(variables)  # once, not with every batch
+  pred_fq = [np.argmax(np.asarray(fake(variables, exp.dataset.normalise(
+      images[start:start + batch_size]))), -1) for start in starts]
   pred_int, pred_fq = np.concatenate(pred_int), np.concatenate(pred_fq)
   return {
       "accuracy_int": float(np.mean(pred_int == labels)),

@@ -26,11 +26,11 @@ one layer's work), and candidates are counted from it:
   one lane's batch does not fill the device.
 - devices: each iteration's images are split over the local devices (`shard_map`), every device
   computing its share from its own copy of the cache; a record splits the images likewise and
-  gathers the shares into every copy. XLA's CPU backend runs a convolution on
-  one core, so on a CPU the search uses every core only with one fake device per core
-  (`XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`, which `quantjax.ptq.run` sets
-  for the PTQ pipeline when unset). An image's logits do not depend on which device, or with
-  which others, it is computed: the counts are those of one device.
+  gathers the shares into every copy. XLA's CPU backend runs a convolution on one core, so on a
+  CPU the search uses every core only with one fake device per core
+  (`XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`, which `quantjax.ptq.run` sets for
+  the PTQ pipeline when unset). An image's logits do not depend on which device, or with which
+  others, it is computed: the counts are those of one device.
 
 Every computed layer does the arithmetic of the full evaluation on the same images; only which
 images share a batch changes.
@@ -147,11 +147,8 @@ class SuffixEvaluator:
     self.num_traces = 0  # compilations of the candidate program
     self.num_record_traces = 0  # compilations of the program that moves the cut
     self.num_calls = 0  # candidate-program calls
-    # The work done, for `work`: images counted from each cut, candidates counted on every
-    # image from each cut, records of each layer.
-    self.counted: collections.Counter[int] = collections.Counter()
-    self.counted_whole: collections.Counter[int] = collections.Counter()
-    self.recorded: collections.Counter[int] = collections.Counter()
+    # For `work`: images counted and candidates counted whole, by cut; records, by layer.
+    self.counted, self.counted_whole, self.recorded = (collections.Counter() for _ in range(3))
     self.count = len(images)
     self._layers = {path: i for i, path in enumerate(layer_paths)}
     self._paths = list(layer_paths)
@@ -402,18 +399,14 @@ class SuffixEvaluator:
     return out
 
   def work(self, macs: Sequence[int]) -> dict[str, int]:
-    """Multiply-adds done so far, from each layer's per-image `macs` (in `layer_paths` order):
-    'counted', of every image counted (each from its cut on: the layers after it); 'whole', of
-    the candidates counted on every image (a candidate within its budget always is); 'records',
-    of moving the cut. Padding rows and elementwise work are left out."""
+    """Multiply-adds done so far (padding rows left out), from each layer's per-image `macs`:
+    'counted' of every image counted (from its cut on), 'whole' of the candidates counted on
+    every image (every one within its budget), 'records' of moving the cut."""
     if len(macs) != len(self._paths):
       raise ValueError(f"{len(macs)} layers' multiply-adds for {len(self._paths)} layers")
-
-    def after(cut: int) -> int:
-      return sum(macs[cut + 1:])
-
-    return {"counted": sum(n * after(cut) for cut, n in self.counted.items()),
-            "whole": sum(n * self.count * after(cut) for cut, n in self.counted_whole.items()),
+    after = {cut: sum(macs[cut + 1:]) for cut in range(IMAGES, len(macs))}  # the suffix's
+    return {"counted": sum(n * after[cut] for cut, n in self.counted.items()),
+            "whole": sum(n * self.count * after[cut] for cut, n in self.counted_whole.items()),
             "records": sum(n * self.count * macs[t] for t, n in self.recorded.items())}
 
 

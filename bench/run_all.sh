@@ -16,12 +16,12 @@ python bench/conv_kernel_grad.py --reps=7 --out=results/conv_kernel_grad.md
 # (bench/intervals.py), which reaches 95 % coverage from 6 repetitions on.
 python bench/step_time.py --model=lenet5 --batch_size=128 --reps=5 --processes=5 \
   --out=results/step_time.md
-python bench/step_time.py --model=sequential --batch_size=128 --steps=2 --reps=17 \
+python bench/step_time.py --model=sequential --batch_size=128 --steps=2 --reps=25 \
   --out=results/step_time_sequential.md
-for model in resnet20 vgg_small; do
-  python bench/step_time.py --model=$model --batch_size=128 --steps=2 --reps=7 \
-    --out=results/step_time_$model.md
-done
+python bench/step_time.py --model=resnet20 --batch_size=128 --steps=2 --reps=7 \
+  --out=results/step_time_resnet20.md
+python bench/step_time.py --model=vgg_small --batch_size=128 --steps=2 --reps=9 \
+  --out=results/step_time_vgg_small.md
 python bench/step_time.py --model=resnet18 --batch_size=128 --steps=1 --reps=6 \
   --out=results/step_time_resnet18.md
 # What the integer products bought: the same rows with the float products of fake-quantized values.

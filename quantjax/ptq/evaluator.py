@@ -7,6 +7,7 @@ the variables serves them all. `num_traces` counts how often it was traced (comp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -53,3 +54,9 @@ class Evaluator:
     self.num_calls += 1
     total = self._correct(variables, self._images, self._labels, self._mask)
     return float(total) / self._count
+
+  def work(self, macs: Sequence[int]) -> dict[str, int]:
+    """Multiply-adds done so far, from each layer's per-image `macs`, in the terms of
+    `SuffixEvaluator.work`: every call counts every image through every layer."""
+    whole = self.num_calls * int(self._count) * sum(macs)
+    return {"counted": whole, "whole": whole, "records": 0}

@@ -210,13 +210,7 @@ def search_fixed_point(exp, variables, records, val_images, val_labels, acc_fp, 
       extra_diagonal_step=bool(ptq.get("extra_diagonal_step", True)),
       focus=focus, stop_early="stop_early" in speedups, lookahead="lookahead" in speedups,
       dedupe="dedupe" in speedups, max_tensors=max_tensors)
-  # Multiply-adds of the search's evaluations (the plain search: every image, every layer).
-  macs = [layer.macs for layer in layers]
-  if "suffix" in speedups:
-    work = programs.work(macs)
-  else:
-    whole = programs.num_calls * len(val_images) * sum(macs)
-    work = {"counted": whole, "whole": whole, "records": 0}
+  macs = [layer.macs for layer in layers]  # per image, for the evaluations' work
   rules = []
   for layer in layers:
     rule = {"pattern": re.escape(layer.path)}
@@ -234,7 +228,7 @@ def search_fixed_point(exp, variables, records, val_images, val_labels, acc_fp, 
       "compilations": programs.num_traces,  # of the candidate program
       "record_compilations": getattr(programs, "num_record_traces", 0),  # cut-moving program
       "program_calls": programs.num_calls,
-      "work_macs": work,  # 'counted', 'whole', 'records' (`SuffixEvaluator.work`)
+      "work_macs": programs.work(macs),  # 'counted', 'whole', 'records'
       "network_macs_per_image": sum(macs),
       "search_seconds": result.seconds, "search_cpu_seconds": result.cpu_seconds,
       "history": result.history,

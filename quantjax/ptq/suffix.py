@@ -438,12 +438,9 @@ class PointAccuracy:
             variables: dict[str, Any], base: dict[str, Any], images: np.ndarray,
             labels: np.ndarray, *, batch_size: int, stop_early: bool = True,
             **options) -> PointAccuracy:
-    """Over the images ordered by the float network's margin, misclassified and closest first.
-
-    `options` go to `SuffixEvaluator` (`rows`, `slots`).
-    """
-    margins = float_margins(model, variables, images, labels, batch_size)
-    order = np.argsort(margins, kind="stable")
+    """Over the images ordered by the float network's margin, misclassified and closest first;
+    `options` go to `SuffixEvaluator` (`rows`, `slots`, `devices`)."""
+    order = np.argsort(float_margins(model, variables, images, labels, batch_size), kind="stable")
     return cls(SuffixEvaluator(model, plan, layer_paths, variables, images, labels,
                                order=order, **options), base, layer_paths,
                stop_early=stop_early)

@@ -401,7 +401,7 @@ class SuffixEvaluator:
   def work(self, macs: Sequence[int]) -> dict[str, int]:
     """Multiply-adds done so far (padding rows left out), from each layer's per-image `macs`:
     'counted' of every image counted (from its cut on), 'whole' of the candidates counted on
-    every image (every one within its budget), 'records' of moving the cut."""
+    every image (those that could not stop early), 'records' of moving the cut."""
     if len(macs) != len(self._paths):
       raise ValueError(f"{len(macs)} layers' multiply-adds for {len(self._paths)} layers")
     after = {cut: sum(macs[cut + 1:]) for cut in range(IMAGES, len(macs))}  # the suffix's

@@ -37,9 +37,9 @@ in batches of the search's rows), which gives this machine's rate in multiply-ad
 Each row's work is the multiply-adds of its evaluations (`SuffixEvaluator.work`: every image
 counted, from its cut on, plus moving the cut), so a row's time is set beside the time the float
 network takes for the same work at its median rate. The candidates the search cannot stop early
-(every one within its budget) are counted on every image: at the fastest pass's rate that work
-alone gives a floor no arrangement of the same evaluations goes below without a faster
-convolution than the float network's.
+(within their budget and, in the neighbourhood, not below the current point) are counted on
+every image: at the fastest pass's rate that work alone gives a floor no arrangement of the same
+evaluations goes below without a faster convolution than the float network's.
 """
 
 from __future__ import annotations
@@ -277,8 +277,9 @@ def main(argv):
         "the candidate program.")
     floor = default["floor_seconds"]
     lines.append(
-        "- Against the limit: the candidates it could not stop early (every one within its "
-        f"budget: {default['passing']} of {default['evaluations']}) are counted on every image, "
+        "- Against the limit: the candidates it could not stop early (within their budget and, "
+        "in the neighbourhood, not below the current point; "
+        f"{default['passing']} of {default['evaluations']} passed) are counted on every image, "
         f"and that work alone takes {floor:.0f} s at the float network's fastest pass here, "
         f"{floor / 180:.2f}x the target"
         + (": no arrangement of these evaluations meets it on this machine without a faster "

@@ -177,8 +177,10 @@ def search_fixed_point(exp, variables, records, val_images, val_labels, acc_fp, 
     max_abs[(layer.path, "output")] = float(np.max(np.abs(records[layer.path]["output"])))
   # The structure of 'quant_state' under this plan (values are overwritten per candidate).
   calib = records[layers[0].path]["input"][:2]
-  _, created = quantized_apply(exp.model, plan, training=False)(
-      variables, jnp.asarray(calib), train=False, mutable=[QUANT_STATE])
+  # Jitted: one compilation, not one per primitive of an eager pass.
+  create = jax.jit(lambda v, x: quantized_apply(exp.model, plan, training=False)(
+      v, x, train=False, mutable=[QUANT_STATE])[1])
+  created = create(variables, jnp.asarray(calib))
   base = jax.device_get(created[QUANT_STATE])
   criterion = ptq.get("criterion", "accuracy")
   labels = val_labels

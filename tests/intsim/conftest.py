@@ -80,9 +80,7 @@ def _run(data_dir, model, family, seed=0):
   images, labels = exp.dataset.raw("test", np.arange(16))  # the raw uint8 digits
   x = exp.dataset.normalise(images)
   rngs = {"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1)}
-  # Jitted: one compilation instead of one per primitive (ResNet-20's eager init took 45 s).
-  init = jax.jit(lambda r, x: quantized_init(exp.model, exp.plan)(r, x, train=False))
-  variables = init(rngs, x)
+  variables = quantized_init(exp.model, exp.plan)(rngs, x, train=False)
   variables = jax.tree_util.tree_map(lambda a: np.array(a), jax.device_get(dict(variables)))
   variables = _perturb_bn(variables, np.random.default_rng(seed))
   return exp, variables, images, labels

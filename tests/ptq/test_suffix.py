@@ -36,21 +36,19 @@ def _setup(residual=False, n=200):
   model = Chain(residual=residual)
   rng = np.random.default_rng(0)
   x = rng.normal(size=(n, 6, 6, 1)).astype(np.float32)
-  # Jitted throughout: one compilation per program, not one per primitive of an eager pass.
-  variables = jax.jit(lambda key, x: model.init(key, x, train=False))(jax.random.key(1), x[:1])
+  variables = model.init(jax.random.key(1), x[:1], train=False)
   # Biases of different sizes (init gives zeros), so the bias search has something to find.
   variables = jax.tree_util.tree_map_with_path(
       lambda path, v: v + 0.05 * jax.random.normal(jax.random.key(len(str(path))), v.shape)
       if "bias" in str(path) else v, variables)
-  apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  labels = np.asarray(jnp.argmax(apply(variables, x), -1)).astype(np.int32)
+  labels = np.asarray(jnp.argmax(model.apply(variables, x, train=False), -1)).astype(np.int32)
   flip = rng.random(n) < 0.1  # a float accuracy near 0.9, so a candidate can also gain
   labels = np.where(flip, (labels + 1) % 3, labels).astype(np.int32)
   layers = intercept.discover_layers(model, jnp.asarray(x[:2]), train=False)
   spec = {"name": "fixed_point"}
   plan = intercept.resolve(layers, weight=spec, bias=spec, output=spec, act=None)
-  created = jax.jit(lambda v, x: intercept.quantized_apply(model, plan, training=False)(
-      v, x, train=False, mutable=["quant_state"])[1])(variables, jnp.asarray(x[:2]))
+  _, created = intercept.quantized_apply(model, plan, training=False)(
+      variables, jnp.asarray(x[:2]), train=False, mutable=["quant_state"])
   base = jax.device_get(created["quant_state"])
   max_abs = {}
   outputs = {}
@@ -61,12 +59,8 @@ def _setup(residual=False, n=200):
       outputs[context.module.name] = out
     return out
 
-  def recorded(v, x):
-    with nn.intercept_methods(record):
-      model.apply(v, x, train=False)
-    return dict(outputs)
-
-  outputs = jax.jit(recorded)(variables, jnp.asarray(x))
+  with nn.intercept_methods(record):
+    model.apply(variables, jnp.asarray(x), train=False)
   for layer in layers:
     params = variables["params"][layer.path]
     max_abs[(layer.path, "weight")] = float(jnp.max(jnp.abs(params["kernel"])))

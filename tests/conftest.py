@@ -20,7 +20,6 @@ def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("tfds"))
 
 
-
 def _has_module_fixture(path) -> bool:
   """Whether the test module at `path` defines a `pytest.fixture(scope="module")`."""
   try:
@@ -34,6 +33,7 @@ def _has_module_fixture(path) -> bool:
       for d in node.decorator_list)
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown without the plugin
 def pytest_xdist_make_scheduler(config, log):
   """`-n N`: each test is its own unit of work, except that a module defining a module-scoped
   fixture (a trained run, a whole search) is one unit, so the fixture is built on one worker

@@ -22,6 +22,10 @@ built, and a quantized step has many more fusions than the float one. With `--ol
 `XLA_FLAGS=--xla_cpu_use_fusion_emitters=false` (XLA's older LLVM emitters), float and quantized
 alike, and their ratios are given beside: the difference between the two tables is the share of
 the fusion emitters' compilation.
+
+A third table cuts each training job into its phases (dataset, quantizer initialisation, the
+train step's compilation, its execution) and gives each phase's own high-water mark, so what sets
+the peak, and by how much a quantized job's phase exceeds float's, is read off, not guessed.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ _EPOCHS = flags.DEFINE_float("epochs", 2.0, "Training epochs per variant.")
 _REPS = flags.DEFINE_integer("reps", 3, "Repetitions of every job (each in a fresh process); "
                              "the tables give the median and the range.")
 _OUT = flags.DEFINE_string("out", "", "Markdown output (optional).")
+_PHASE_STEPS = flags.DEFINE_integer(
+    "phase_steps", 50, "Training steps of the phases table (0: no phases table). Linux only.")
 _OLDER = flags.DEFINE_bool(
     "older_emitters", True, "Also run every training and evaluation job with XLA's older CPU "
     "emitters (XLA_FLAGS=--xla_cpu_use_fusion_emitters=false), as a second table.")
@@ -86,6 +92,53 @@ summary = train.train_and_evaluate(config, {workdir!r})
 print(json.dumps({{"peak_mib": peak(), "imported_mib": imported,
                   "accuracy": summary["accuracy"]["test"]}}))
 """
+
+# The training job cut into its phases, each phase's own high-water mark: the kernel's peak resident
+# set (VmHWM) is reset between phases (`/proc/self/clear_refs`, Linux), so a phase's mark is the
+# most it held, whatever the phases before it held. The steps are the loop's own functions, called
+# directly: the quantizers' initialisation (one jitted program), the train step's lowering and
+# compilation (ahead of time, as `jax.jit` does at the first call), and its execution.
+_PHASES = """
+import accuracy_table
+from quantjax.train import experiment, loop, steps
+def status(field):
+  with open("/proc/self/status") as f:
+    return next(int(line.split()[1]) / 1024 for line in f if line.startswith(field))
+def mark(phases, name, start):
+  phases[name] = {{"start": start, "peak": status("VmHWM"), "end": status("VmRSS")}}
+  with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # a fresh high-water mark for the next phase
+  return status("VmRSS")
+row = {row!r}
+config = accuracy_table.make_config(None, 0, "", False)
+if row is not None:
+  config = accuracy_table.make_config(
+      next(r for r in accuracy_table.sweep() if r.name == row), 0, "", False)
+  config.require_init_from = False
+exp = experiment.build(config)
+phases = {{}}
+first = next(exp.dataset.train_batches(batch_size=config.batch_size, seed=0, augment="none"))
+now = mark(phases, "data", imported)
+state = loop.init_state(exp, config, first, 31)
+jax.block_until_ready(state)
+now = mark(phases, "init", now)
+step = jax.jit(steps.make_train_step(
+    exp.model, exp.plan, exp.num_classes, config.seed,
+    aux_loss_weight=float(config.get("dda", {{}}).get("weight", 0.0))), donate_argnames=("state",))
+compiled = step.lower(state, first).compile()
+now = mark(phases, "compile", now)
+for _ in range({steps}):
+  state, metrics = compiled(state, first)
+jax.block_until_ready(metrics)
+mark(phases, "steps", now)
+# ru_maxrss follows the reset mark: the job's peak is its phases' highest.
+print(json.dumps({{"phases": phases, "imported_mib": imported,
+                  "peak_mib": max(p["peak"] for p in phases.values())}}))
+"""
+
+PHASES = ("data", "init", "compile", "steps")
+PHASE_NAMES = {"data": "dataset", "init": "quantizer init", "compile": "train-step compile",
+               "steps": "{steps} train steps"}
 
 _EVAL_FLOAT = """
 from quantjax.train import evaluate
@@ -184,6 +237,36 @@ def measure_rep(tmp: str, rep: int, train: dict, infer: dict, xla_flags: str = "
   return runs
 
 
+def measure_phases(train_phases: dict[str, list[dict]]) -> None:
+  """Each training job once more, cut into phases (`_PHASES`), appended to `train_phases`."""
+  for name in ("float", *TRAIN_VARIANTS):
+    result = measure(_PHASES, row=None if name == "float" else name, steps=_PHASE_STEPS.value)
+    train_phases.setdefault(f"train {name}", []).append(result)
+    print(f"phases of train {name}: {result['phases']}", flush=True)
+
+
+def _phases_table(results: dict[str, list[dict]], base: str) -> list[str]:
+  """Per job and phase: its own peak, and what it held above the memory at its start (MiB)."""
+  names = [PHASE_NAMES[p].format(steps=_PHASE_STEPS.value) for p in PHASES]
+  lines = ["| job | " + " | ".join(f"{n}: peak (+ above its start)" for n in names)
+           + " | peak phase | whole job's peak, ratio |",
+           "|---|" + "---|" * (len(PHASES) + 2)]
+  refs = results[base]
+  for name, runs in results.items():
+    cells = []
+    for p in PHASES:
+      peaks = [r["phases"][p]["peak"] for r in runs]
+      added = [r["phases"][p]["peak"] - r["phases"][p]["start"] for r in runs]
+      cells.append(f"{statistics.median(peaks):.0f} (+{statistics.median(added):.0f})")
+    top = statistics.mode(max(PHASES, key=lambda p, r=r: r["phases"][p]["peak"]) for r in runs)
+    ratios = [r["peak_mib"] / ref["peak_mib"] for r, ref in zip(runs, refs, strict=True)]
+    top_name = PHASE_NAMES[top].format(steps=_PHASE_STEPS.value)
+    lines.append(f"| {name} | " + " | ".join(cells) + f" | {top_name}"
+                 f" | {statistics.median([r['peak_mib'] for r in runs]):.0f}, "
+                 f"{_spread(ratios, '.2f')} |")
+  return lines
+
+
 def main(argv):
   del argv
   train: dict[str, list[dict]] = {}
@@ -191,6 +274,7 @@ def main(argv):
   search: dict[str, list[dict]] = {}
   train_older: dict[str, list[dict]] = {}
   infer_older: dict[str, list[dict]] = {}
+  train_phases: dict[str, list[dict]] = {}
   with tempfile.TemporaryDirectory() as tmp:
     for rep in range(_REPS.value):  # every job once per repetition: ratios pair jobs of one rep
       runs = measure_rep(tmp, rep, train, infer)
@@ -200,7 +284,23 @@ def main(argv):
           workdir=os.path.join(tmp, f"{rep}", "fxp")))
       if _OLDER.value:
         measure_rep(tmp, rep, train_older, infer_older, xla_flags=OLDER_EMITTERS)
+      if _PHASE_STEPS.value:
+        measure_phases(train_phases)
       print(f"rep {rep}: inference {infer}, search {search}", flush=True)
+  phases = []
+  if _PHASE_STEPS.value:
+    phases = [
+        "", "## What the training peak is made of", "",
+        "Each training job once more per repetition, in its own process, cut into its phases "
+        "(the loop's own functions called in turn: `bench/memory.py`'s `_PHASES`). A phase's "
+        "peak is the most the process held during it (the kernel's high-water mark, reset "
+        "between phases); '+' is that peak above the memory the process held when the phase "
+        "began: what the phase itself needed at its height, freed or not. A phase cannot reuse "
+        "what earlier phases freed unless the allocator hands it back, so a later phase's peak "
+        "can stack on memory an earlier one no longer uses. Medians over the repetitions; the "
+        "last column is the whole job's peak and its ratio to float's (these jobs do not "
+        "evaluate, so their peaks sit below the table above).", "",
+        *_phases_table(train_phases, "train float")]
   older = []
   if _OLDER.value:
     older = [
@@ -216,7 +316,8 @@ def main(argv):
   lines = [
       "# Peak host memory against float (LeNet-5, mnist5k)", "",
       f"Generated by `python bench/memory.py --epochs={_EPOCHS.value:g} --reps={_REPS.value}"
-      f"{'' if _OLDER.value else ' --noolder_emitters'}` on "
+      f"{'' if _OLDER.value else ' --noolder_emitters'}"
+      f"{'' if _PHASE_STEPS.value == 50 else f' --phase_steps={_PHASE_STEPS.value}'}` on "
       f"{datetime.date.today().isoformat()}, {machine()}. Each job in its own process, "
       f"{_REPS.value} times (the median, and the range in brackets); peak "
       "resident set size of that process (interpreter, JAX, compiled code and dataset "
@@ -232,7 +333,7 @@ def main(argv):
       "to report their agreement):", "",
       *_table(infer, "evaluate float (jitted float model)", 1.2), "",
       "Goyal et al.'s fixed-point search on the float run (validation split), ratio to float "
-      "training (no target):", "", *_table(search, "train float", None), *older]
+      "training (no target):", "", *_table(search, "train float", None), *phases, *older]
   text = "\n".join(lines) + "\n"
   print(text)
   if _OUT.value:

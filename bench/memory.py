@@ -77,15 +77,19 @@ jnp.zeros(1).block_until_ready()
 imported = peak()  # the interpreter, JAX's runtime and quantjax: alike in every job
 """
 
-_TRAIN = """
+# A training job's config: the float run's (row None) or the accuracy table's row.
+_CONFIG = """
 import accuracy_table
-from quantjax import train
 row = {row!r}
 config = accuracy_table.make_config(None, 0, "", False)
 if row is not None:
   config = accuracy_table.make_config(
       next(r for r in accuracy_table.sweep() if r.name == row), 0, "", False)
   config.require_init_from = False  # memory, not accuracy: train from scratch
+"""
+
+_TRAIN = _CONFIG + """
+from quantjax import train
 config.num_epochs = {epochs}
 config.eval_every_epochs = 0.0
 summary = train.train_and_evaluate(config, {workdir!r})
@@ -98,8 +102,7 @@ print(json.dumps({{"peak_mib": peak(), "imported_mib": imported,
 # most it held, whatever the phases before it held. The steps are the loop's own functions, called
 # directly: the quantizers' initialisation (one jitted program), the train step's lowering and
 # compilation (ahead of time, as `jax.jit` does at the first call), and its execution.
-_PHASES = """
-import accuracy_table
+_PHASES = _CONFIG + """
 from quantjax.train import experiment, loop, steps
 def status(field):
   with open("/proc/self/status") as f:
@@ -109,17 +112,12 @@ def mark(phases, name, start):
   with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # a fresh high-water mark for the next phase
   return status("VmRSS")
-row = {row!r}
-config = accuracy_table.make_config(None, 0, "", False)
-if row is not None:
-  config = accuracy_table.make_config(
-      next(r for r in accuracy_table.sweep() if r.name == row), 0, "", False)
-  config.require_init_from = False
 exp = experiment.build(config)
 phases = {{}}
 first = next(exp.dataset.train_batches(batch_size=config.batch_size, seed=0, augment="none"))
 now = mark(phases, "data", imported)
-state = loop.init_state(exp, config, first, 31)
+state = loop.init_state(exp, config, first,
+                        exp.dataset.num_examples("train") // config.batch_size)
 jax.block_until_ready(state)
 now = mark(phases, "init", now)
 step = jax.jit(steps.make_train_step(

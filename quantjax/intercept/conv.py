@@ -16,12 +16,18 @@ same sum in another order: float rounding differs, nothing else.
 it calls it); its input gradient is XLA's own. The taps replace XLA's kernel gradient where
 `kernel_grad` says: 'xla' never, 'taps' wherever the convolution is eligible (2-D, NHWC/HWIO,
 no input dilation or groups, non-negative padding, floating operands), 'auto' where it is
-eligible, JAX's default backend is the CPU with a single device, the output map has at least
+eligible, JAX's default backend is the CPU with a single device, the CPU is one where the taps
+were measured to pay (`taps_pay_here`: x86-64 without AVX-512), the output map has at least
 `AUTO_MIN_PIXELS` positions and the input at least `AUTO_MIN_CHANNELS` channels (smaller maps
 gained nothing; LeNet-5's 1-channel first layer, 25 taps of one channel each, lost 1.5x). With
 one CPU device per core (`config.cpu_devices`), XLA's kernel-gradient convolution runs on every
 core at once and the taps lost: ResNet-20 trained at 0.91-0.94 steps/s with them against 1.10
-with XLA's (results/cpu_devices_taps_epyc.md). Forward-mode
+with XLA's (results/cpu_devices_taps_epyc.md). On an AVX-512 host (an Intel Xeon with AMX,
+2026-12-03) XLA's own kernel gradient is fast: there the taps took 0.75-0.84x its time on the
+32- and 64-channel layers but 1.31x on ResNet-20's 16-channel ones, and whole training steps
+0.89-1.22x (ResNet-20 W8A8 1.22x, ResNet-18 1.06x float and 1.19x W8A8;
+results/conv_kernel_grad_xeon.md), against 0.41-0.70x on the AVX2 AMD EPYC where they were
+chosen (results/conv_kernel_grad.md). Forward-mode
 differentiation (`jax.jvp`) of a call that takes the taps is not supported (a `jax.custom_vjp`);
 'xla' gives it back. A `jax.lax.conv_general_dilated` that another library swapped for its own
 (`lax_conv_swapped`: the attribute, or the function's code in place, as Qwix's interception does)
@@ -31,6 +37,7 @@ keeps that library's forward and gradient.
 from __future__ import annotations
 
 import functools
+import platform
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,10 +84,34 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
   strides, pads, dilation = spec
   if kernel_grad == "auto":
     out_pixels = np.prod(jax.eval_shape(call, lhs, rhs).shape[1:3])
-    if (jax.default_backend() != "cpu" or jax.local_device_count() > 1
+    if (jax.default_backend() != "cpu" or jax.local_device_count() > 1 or not taps_pay_here()
         or out_pixels < AUTO_MIN_PIXELS or lhs.shape[3] < AUTO_MIN_CHANNELS):
       return call(lhs, rhs)
   return _tapped(call, strides, pads, dilation, precision)(lhs, rhs)
+
+
+def taps_pay(machine: str, cpuinfo: str) -> bool:
+  """Whether a CPU is of the kind where the taps beat XLA's kernel gradient: x86-64 (`machine`,
+  as `platform.machine()` names it) whose `flags` (`cpuinfo`: the text of Linux's /proc/cpuinfo)
+  lack AVX-512. Measured on two hosts (the module's docstring): an AVX2 AMD EPYC, where they
+  paid, and an AVX-512 Intel Xeon, where they did not; other CPUs (ARM, or no flags to read)
+  keep XLA's, unmeasured."""
+  if machine.lower() not in ("x86_64", "amd64"):
+    return False
+  flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
+                if line.startswith("flags") and ":" in line), None)
+  return flags is not None and "avx512f" not in flags
+
+
+@functools.cache
+def taps_pay_here() -> bool:
+  """`taps_pay` for this host (read once)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpuinfo = f.read()
+  except OSError:  # not Linux: the flags are unknown
+    cpuinfo = ""
+  return taps_pay(platform.machine(), cpuinfo)
 
 
 def lax_conv_swapped() -> bool:

@@ -65,7 +65,7 @@ def _uses_taps(fn, *args) -> bool:
   return "name=tap_kernel_grad_conv" in str(jax.make_jaxpr(fn)(*args))
 
 
-def test_auto_takes_the_taps_on_large_maps_of_several_channels_on_one_device_only(monkeypatch):
+def test_auto_takes_the_taps_on_large_maps_of_several_channels_where_they_pay(monkeypatch):
   big, small, thin = jnp.ones((2, 24, 24, 8)), jnp.ones((2, 8, 8, 8)), jnp.ones((2, 24, 24, 7))
   call = lambda x, grad: conv.conv_general_dilated(  # noqa: E731
       x, jnp.ones((3, 3, x.shape[-1], 4)), (1, 1), "SAME", dimension_numbers=NHWC,
@@ -75,11 +75,39 @@ def test_auto_takes_the_taps_on_large_maps_of_several_channels_on_one_device_onl
   assert not _uses_taps(lambda x: call(x, "auto"), big)
   assert _uses_taps(lambda x: call(x, "taps"), big)
   monkeypatch.setattr(jax, "local_device_count", lambda: 1)  # one CPU device
+  monkeypatch.setattr(conv, "taps_pay_here", lambda: False)  # e.g. an AVX-512 host
+  assert not _uses_taps(lambda x: call(x, "auto"), big)
+  assert _uses_taps(lambda x: call(x, "taps"), big)
+  monkeypatch.setattr(conv, "taps_pay_here", lambda: True)  # an AVX2 host
   assert _uses_taps(lambda x: call(x, "auto"), big)
   assert not _uses_taps(lambda x: call(x, "auto"), small)  # 8x8 < 24x24 positions
   assert not _uses_taps(lambda x: call(x, "auto"), thin)  # 7 < 8 input channels
   assert _uses_taps(lambda x: call(x, "taps"), small)
   assert not _uses_taps(lambda x: call(x, "xla"), big)
+
+
+_AMD = """processor\t: 0
+vendor_id\t: AuthenticAMD
+flags\t\t: fpu vme sse sse2 avx fma avx2 bmi2 sha_ni
+"""
+_INTEL = """processor\t: 0
+vendor_id\t: GenuineIntel
+flags\t\t: fpu sse sse2 avx avx2 avx512f avx512dq avx512_vnni amx_tile
+bugs\t\t: spectre_v1
+"""
+
+
+@pytest.mark.parametrize("machine, cpuinfo, pays", [
+    ("x86_64", _AMD, True),  # AVX2 only: the taps were measured to pay
+    ("x86_64", _INTEL, False),  # AVX-512: XLA's kernel gradient was faster
+    ("AMD64", _AMD, True),
+    ("x86_64", _AMD.replace("avx2", "avx2 avx512f"), False),
+    ("x86_64", "", False),  # no flags to read: XLA's
+    ("aarch64", "flags\t\t: fp asimd\n", False),  # unmeasured
+    ("arm64", _AMD, False),
+])
+def test_taps_pay_on_x86_without_avx512_only(machine, cpuinfo, pays):
+  assert conv.taps_pay(machine, cpuinfo) is pays
 
 
 @pytest.mark.parametrize("case", ["groups", "integers", "nchw", "input_dilation"])

@@ -56,7 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
   # The convolutions' kernel gradient: 'auto' computes it tap by tap (one matrix product per
   # kernel tap) on a CPU of one device where the output map has >= 24x24 positions and the
   # input >= 8 channels, if the CPU is x86-64 without AVX-512; XLA's own elsewhere (one device per
-  # core, or AVX-512: XLA's was faster); 'taps' or 'xla' everywhere. The forward is the same; see quantjax/intercept/conv.py.
+  # core, or AVX-512: XLA's was faster); 'taps' or 'xla' everywhere. The forward is the same; see
+  # quantjax/intercept/conv.py.
   config.conv_kernel_grad = "auto"
   config.log_every_steps = 50
   config.checkpoint_every_steps = 500

@@ -23,11 +23,11 @@ gained nothing; LeNet-5's 1-channel first layer, 25 taps of one channel each, lo
 one CPU device per core (`config.cpu_devices`), XLA's kernel-gradient convolution runs on every
 core at once and the taps lost: ResNet-20 trained at 0.91-0.94 steps/s with them against 1.10
 with XLA's (results/cpu_devices_taps_epyc.md). On an AVX-512 host (an Intel Xeon with AMX,
-2026-12-03) XLA's own kernel gradient is fast: there the taps took 0.75-0.84x its time on the
-32- and 64-channel layers but 1.31x on ResNet-20's 16-channel ones, and whole training steps
-0.89-1.22x (ResNet-20 W8A8 1.22x, ResNet-18 1.06x float and 1.19x W8A8;
-results/conv_kernel_grad_xeon.md), against 0.41-0.70x on the AVX2 AMD EPYC where they were
-chosen (results/conv_kernel_grad.md). Forward-mode
+2026-12-03) XLA's own kernel gradient is fast: there the taps took 0.77-0.84x its time on the
+32- and 64-channel layers but 1.28x on ResNet-20's 16-channel ones; whole W8A8 training steps
+took 1.06-1.10x with them on ResNet-20, VGG-small and ResNet-18 (1.05-1.22x in a run an hour
+before) and 0.89x on the Sequential net (results/conv_kernel_grad_xeon.md), against 0.41-0.70x on
+the AVX2 AMD EPYC where they were chosen (results/conv_kernel_grad.md). Forward-mode
 differentiation (`jax.jvp`) of a call that takes the taps is not supported (a `jax.custom_vjp`);
 'xla' gives it back. A `jax.lax.conv_general_dilated` that another library swapped for its own
 (`lax_conv_swapped`: the attribute, or the function's code in place, as Qwix's interception does)

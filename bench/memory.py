@@ -101,7 +101,9 @@ print(json.dumps({{"peak_mib": peak(), "imported_mib": imported,
 # set (VmHWM) is reset between phases (`/proc/self/clear_refs`, Linux), so a phase's mark is the
 # most it held, whatever the phases before it held. The steps are the loop's own functions, called
 # directly: the quantizers' initialisation (one jitted program), the train step's lowering and
-# compilation (ahead of time, as `jax.jit` does at the first call), and its execution.
+# compilation (ahead of time, as `jax.jit` does at the first call), and its execution, inside
+# `host_memory.released_after_compiles()` as in `train_and_evaluate`: the memory a compilation
+# freed goes back to the OS after it, so a phase does not stack on what the one before freed.
 _PHASES = _CONFIG + """
 from quantjax.train import experiment, loop, steps
 def status(field):
@@ -112,6 +114,9 @@ def mark(phases, name, start):
   with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # a fresh high-water mark for the next phase
   return status("VmRSS")
+from quantjax import host_memory
+released = host_memory.released_after_compiles()  # as train_and_evaluate runs the phases
+released.__enter__()
 exp = experiment.build(config)
 phases = {{}}
 first = next(exp.dataset.train_batches(batch_size=config.batch_size, seed=0, augment="none"))
@@ -293,9 +298,10 @@ def main(argv):
         "(the loop's own functions called in turn: `bench/memory.py`'s `_PHASES`). A phase's "
         "peak is the most the process held during it (the kernel's high-water mark, reset "
         "between phases); '+' is that peak above the memory the process held when the phase "
-        "began: what the phase itself needed at its height, freed or not. A phase cannot reuse "
-        "what earlier phases freed unless the allocator hands it back, so a later phase's peak "
-        "can stack on memory an earlier one no longer uses. Medians over the repetitions; the "
+        "began: what the phase itself needed at its height, freed or not. As in the training "
+        "loop, the memory a compilation freed is handed back to the OS after it "
+        "(`quantjax.host_memory`), so a phase does not stack on what an earlier one no longer "
+        "uses. Medians over the repetitions; the "
         "last column is the whole job's peak and its ratio to float's (these jobs do not "
         "evaluate, so their peaks sit below the table above).", "",
         *_phases_table(train_phases, "train float")]

@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from quantjax import host_memory
 from quantjax.export import export_run, load_run
 from quantjax.intercept import quantized_apply
 from quantjax.intsim.accelerator import Accelerator
@@ -62,6 +63,7 @@ def compare(exp, variables, graph, images, labels, accel: Accelerator,
   }
 
 
+@host_memory.released_after_compiles()
 def evaluate_int(workdir: str, *, split: str = "test", step: int | None = None,
                  accel: Accelerator | None = None, batch_size: int = 250,
                  output: str | None = None) -> dict[str, Any]:

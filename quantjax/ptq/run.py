@@ -33,6 +33,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
+from quantjax import host_memory
 from quantjax.intercept import QUANT_STATE, quantized_apply
 from quantjax.ptq import calibration, fixedpoint, mxqn, suffix
 from quantjax.ptq.evaluator import Evaluator
@@ -267,6 +268,7 @@ def _check_same_run(config: ml_collections.ConfigDict, wd: Workdir) -> None:
                        f"({str(old)[:80]!r}); use a new --workdir")
 
 
+@host_memory.released_after_compiles()
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs `config.ptq.method` on `config.init_from` and writes `workdir` (see module docstring).
 

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 from absl import logging
 
-from quantjax import cost, data
+from quantjax import cost, data, host_memory
 from quantjax.intercept import QUANT_STATE, QuantPlan
 from quantjax.reports import layer_table, model_size_bits
 from quantjax.reports import progress as progress_bar
@@ -81,6 +81,7 @@ def make_summary(exp: experiment.Experiment, results: dict[str, dict[str, float]
   }
 
 
+@host_memory.released_after_compiles()
 def evaluate_workdir(workdir: str, *, split: str = "test", mode: str = "fakequant",
                      step: int | None = None, batch_size: int | None = None,
                      output: str | None = None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from quantjax import data
+from quantjax import data, host_memory
 from quantjax.intercept import QUANT_STATE, quantized_apply, quantized_init, quantizer_params
 from quantjax.reports import progress as progress_bar
 from quantjax.train import (
@@ -101,6 +101,7 @@ def _load_pretrained(exp, variables, pretrained, rngs, images):
   return {**loaded, **calibrate(loaded, images, rngs)}
 
 
+@host_memory.released_after_compiles()
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from `workdir` if it holds checkpoints), evaluates, writes summary.json.
 

@@ -61,7 +61,8 @@ def _quantize(model, family="uniform8", seed=0, count=8):
   plan = resolve(layers, weight=weight, act=act, first_layer={"weight": UNIFORM_W},
                  last_layer={"weight": UNIFORM_W})
   rngs = {"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1)}
-  variables = quantized_init(model, plan)(rngs, jnp.asarray(x), train=False)
+  init = jax.jit(lambda r, x: quantized_init(model, plan)(r, x, train=False))  # eager: slow
+  variables = init(rngs, jnp.asarray(x))
   variables = jax.tree_util.tree_map(np.array, jax.device_get(dict(variables)))
   return plan, _perturb_bn(variables, rng), images
 

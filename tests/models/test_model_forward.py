@@ -54,15 +54,20 @@ def _conv_dense_call_order(model, x) -> list[str]:
   return calls
 
 
+def _init(model, rng, x):
+  """`model.init` jitted: eagerly, every op of a ResNet compiles a program of its own."""
+  return jax.jit(lambda r, x: model.init(r, x, train=False))(rng, x)
+
+
 @pytest.mark.parametrize("name", models.model_names())
 def test_forward_shape_and_finite_in_both_modes(name, key):
   model = models.get_model(name, num_classes=NUM_CLASSES)
   x = _images(name)
-  variables = model.init(key(1), x, train=False)
+  variables = _init(model, key(1), x)
   # Eval mode needs no dropout rng and no mutable collection.
-  eval_logits = model.apply(variables, x, train=False)
-  train_logits, _ = model.apply(variables, x, train=True, rngs={"dropout": key(2)},
-                                mutable=["batch_stats"])
+  eval_logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  train_logits, _ = jax.jit(lambda v, x, r: model.apply(
+      v, x, train=True, rngs={"dropout": r}, mutable=["batch_stats"]))(variables, x, key(2))
   for logits in (eval_logits, train_logits):
     chex.assert_shape(logits, (x.shape[0], NUM_CLASSES))
     chex.assert_type(logits, np.float32)
@@ -97,11 +102,12 @@ def test_first_layer_is_the_input_conv_and_last_is_the_classifier(name):
 def test_batch_stats_update_in_train_mode_only(name, key):
   model = models.get_model(name, num_classes=NUM_CLASSES)
   x = _images(name)
-  variables = model.init(key(1), x, train=False)
+  variables = _init(model, key(1), x)
   before = variables["batch_stats"]
-  _, after_eval = model.apply(variables, x, train=False, mutable=["batch_stats"])
-  _, after_train = model.apply(variables, x, train=True, rngs={"dropout": key(2)},
-                               mutable=["batch_stats"])
+  _, after_eval = jax.jit(lambda v, x: model.apply(
+      v, x, train=False, mutable=["batch_stats"]))(variables, x)
+  _, after_train = jax.jit(lambda v, x, r: model.apply(
+      v, x, train=True, rngs={"dropout": r}, mutable=["batch_stats"]))(variables, x, key(2))
   chex.assert_trees_all_equal(after_eval["batch_stats"], before)
   changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), after_train["batch_stats"], before)
   assert all(jax.tree.leaves(changed)), changed

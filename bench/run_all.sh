@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates every benchmark table of bench/README.md (about an hour on 2 CPU cores).
+# Regenerates every benchmark table of bench/README.md (about 3 hours on 2 CPU cores, estimated
+# from its parts; never timed whole).
 #   pip install -e '.[bench,plots]' && bash bench/run_all.sh
 # Results are per host: HOST_SUFFIX=_xeon bash bench/run_all.sh writes results/<name>_xeon.md
 # (and .json) instead of results/<name>.md, leaving another host's tables in place.

@@ -1,11 +1,12 @@
 """Giving compilation's freed memory back to the operating system after each large compile.
 
 XLA's CPU compiler builds a program's fusions in memory it frees once the program is built
-(LLVM and MLIR modules, several hundred MiB for a quantized training step), but glibc's
+(LLVM and MLIR modules: 100-230 MiB for a LeNet-5 training step), but glibc's
 allocator keeps freed pages in its arenas, so a process's resident set only grows: every later
 phase of a job (the next compilation, the training steps' buffers) stacks on memory nothing
 uses. `malloc_trim(0)` hands the free pages of every arena back. Measured on LeNet-5 (2 cores,
-`bench/memory.py`): it lowers a training job's peak by about a fifth, float and quantized alike.
+`bench/memory.py`): it lowered every training job's peak by 15-17 %, float's and the quantized
+ones' alike (`results/memory_xeon.md`).
 
 `released_after_compiles()` does that after every backend compilation that took at least
 `MIN_COMPILE_SECONDS` while it is active: the training loop, the evaluations, the integer
